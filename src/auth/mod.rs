@@ -1,0 +1,90 @@
+//! Login state: who is logged in, where to send them back, and who is an admin.
+
+pub mod oidc;
+pub mod tokens;
+
+use crate::configuration::AdminSettings;
+use crate::session::AuthState;
+
+/// `/login?return_to=…` for a path already known to be safe.
+pub fn login_url(return_to: &str) -> String {
+    let safe = safe_return_to(Some(return_to));
+    if safe == "/" {
+        "/login".to_owned()
+    } else {
+        format!("/login?return_to={}", urlencode(&safe))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Accepts only same-site relative paths (`/cart`, `/products/x?y=1`); anything that a browser
+/// could read as another origin (`//host`, `/\host`, `https://…`, `javascript:`, control
+/// characters, encoded variants) falls back to `/`.
+pub fn safe_return_to(candidate: Option<&str>) -> String {
+    let Some(path) = candidate else {
+        return "/".to_owned();
+    };
+    let ok = path.starts_with('/')
+        && path.len() <= 2048
+        && !path.starts_with("//")
+        && !path.starts_with("/\\")
+        && !path.chars().any(|c| c.is_control() || c == '\\')
+        && !contains_encoded_separator(path)
+        && url::Url::parse("http://shop.invalid")
+            .and_then(|base| base.join(path))
+            .is_ok_and(|u| u.host_str() == Some("shop.invalid") && u.scheme() == "http");
+    if ok { path.to_owned() } else { "/".to_owned() }
+}
+
+/// `%2f`, `%5c` and percent-encoded control characters right after the leading slash would
+/// turn into `//host` or `/\host` once some proxy or framework decodes them.
+fn contains_encoded_separator(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    lower.contains("%5c")
+        || lower.starts_with("/%2f")
+        || lower.starts_with("/%09")
+        || lower.starts_with("/%0a")
+        || lower.starts_with("/%0d")
+        || lower.contains("%00")
+}
+
+/// An admin is named by group, subject or email in the `[admin]` settings.
+pub fn is_admin(settings: &AdminSettings, auth: &AuthState) -> bool {
+    auth.groups.iter().any(|g| settings.groups.contains(g))
+        || settings.subjects.contains(&auth.subject)
+        || auth.email.as_ref().is_some_and(|e| {
+            settings.emails.iter().any(|a| a.eq_ignore_ascii_case(e))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_return_to;
+
+    #[test]
+    fn only_same_site_paths_are_kept() {
+        for good in ["/", "/cart", "/products/red-mug?x=1#top", "/orders/%20x"] {
+            assert_eq!(safe_return_to(Some(good)), good, "{good}");
+        }
+        for bad in [
+            "https://evil.example/",
+            "//evil.example",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "javascript:alert(1)",
+            "/%2f%2fevil.example",
+            "/%5cevil.example",
+            "/\tevil",
+            "evil",
+            "",
+            "http:/evil",
+            "/%09/evil.example",
+        ] {
+            assert_eq!(safe_return_to(Some(bad)), "/", "{bad}");
+        }
+        assert_eq!(safe_return_to(None), "/");
+    }
+}

@@ -1,0 +1,15 @@
+//! storefront: a web shop whose shoppers log in with OpenID Connect. The server is the OAuth
+//! client (a backend for frontend): tokens stay in Postgres, encrypted; the browser holds only
+//! an opaque session cookie.
+
+pub mod auth;
+pub mod cli;
+pub mod configuration;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod routes;
+pub mod session;
+pub mod startup;
+pub mod telemetry;
+pub mod templates;

@@ -1,0 +1,93 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use storefront::cli::{Cli, Command, MigrateAction};
+use storefront::configuration::{Settings, get_configuration};
+use storefront::db::{self, migrations};
+use storefront::startup::Application;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A bad configuration is one clear line and a non-zero exit, never a backtrace.
+    let settings = match get_configuration() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("storefront: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    storefront::telemetry::init(&settings.server.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("storefront: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storefront: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    let pool = db::lazy_pool(&settings.database).context("database.url")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings, pool).await,
+        Command::Migrate { action: None } => {
+            let applied = migrations::apply(&pool).await?;
+            println!("applied {applied} migration(s); the schema is up to date");
+            Ok(())
+        }
+        Command::Migrate {
+            action: Some(MigrateAction::Status),
+        } => {
+            for m in migrations::status(&pool).await? {
+                println!("{:<16} {:<18} {}", m.version, format!("{:?}", m.state), m.description);
+            }
+            Ok(())
+        }
+        Command::Migrate {
+            action: Some(MigrateAction::Revert),
+        } => {
+            match migrations::revert_last(&pool).await? {
+                Some(m) => println!("reverted {} {}", m.version, m.description),
+                None => println!("nothing to revert"),
+            }
+            Ok(())
+        }
+        Command::DemoData => {
+            anyhow::bail!("demo-data is not available in this build")
+        }
+    }
+}
+
+async fn serve(settings: Settings, pool: sqlx::PgPool) -> anyhow::Result<()> {
+    let status = migrations::status(&pool)
+        .await
+        .context("checking the database schema")?;
+    if settings.database.migrate_on_start {
+        let applied = migrations::apply(&pool).await?;
+        if applied > 0 {
+            tracing::info!(applied, "Applied pending migrations");
+        }
+    } else {
+        migrations::check_ready(&status)?;
+    }
+    let app = Application::build(settings, pool).await?;
+    tracing::info!(port = app.port(), "storefront listening");
+    let stop = CancellationToken::new();
+    let tasks = app.spawn_background_tasks(stop.clone());
+    // actix-web handles SIGINT/SIGTERM: it stops accepting, drains, then returns.
+    let result = app.run_until_stopped().await;
+    stop.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    result.context("HTTP server")
+}

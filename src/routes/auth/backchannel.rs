@@ -1,0 +1,73 @@
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::oidc::OidcError;
+use crate::startup::State;
+
+#[derive(Deserialize)]
+pub struct BackchannelForm {
+    logout_token: Option<String>,
+}
+
+fn json_error(status: actix_web::http::StatusCode, description: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({ "error": "invalid_request", "error_description": description }))
+}
+
+/// OIDC Back-Channel Logout 1.0: the provider tells us a user's session ended there. Works
+/// across any number of instances because the sessions are ended in Postgres.
+#[tracing::instrument(name = "Back-channel logout", skip_all, fields(ended = tracing::field::Empty))]
+pub async fn backchannel_logout(
+    state: State,
+    form: Result<web::Form<BackchannelForm>, actix_web::Error>,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    let Some(raw) = form.ok().and_then(|f| f.into_inner().logout_token) else {
+        return json_error(StatusCode::BAD_REQUEST, "logout_token is missing");
+    };
+    let (sub, sid) = match state.oidc.verify_logout_token(&raw).await {
+        Ok(names) => names,
+        Err(OidcError::Unavailable(_)) => {
+            return HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", "5"))
+                .json(json!({ "error": "temporarily_unavailable" }));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Rejected a logout token");
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    // With a `sid`, end that provider session (of that subject, when named); with only a
+    // `sub`, every session of that user at this issuer.
+    let ended = sqlx::query(
+        r#"
+        DELETE FROM oauth_tokens t
+        USING users u
+        WHERE u.user_id = t.user_id
+          AND u.issuer = $1
+          AND ($2::text IS NULL OR u.subject = $2)
+          AND ($3::text IS NULL OR t.provider_sid = $3)
+        "#,
+    )
+    .bind(state.oidc.issuer())
+    .bind(&sub)
+    .bind(&sid)
+    .execute(&state.pool)
+    .await;
+    match ended {
+        Ok(done) => {
+            tracing::Span::current().record("ended", done.rows_affected());
+            HttpResponse::Ok()
+                .insert_header(("Cache-Control", "no-store"))
+                .finish()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Back-channel logout could not end sessions");
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("Retry-After", "5"))
+                .json(json!({ "error": "temporarily_unavailable" }))
+        }
+    }
+}

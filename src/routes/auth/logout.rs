@@ -1,0 +1,65 @@
+use actix_web::{HttpResponse, web};
+use openidconnect::core::CoreRevocableToken;
+use openidconnect::{AccessToken, RefreshToken};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use super::login::redirect;
+use crate::auth::tokens;
+use crate::error::{AppError, Result};
+use crate::session::TypedSession;
+use crate::startup::State;
+
+#[derive(Deserialize)]
+pub struct LogoutForm {
+    #[serde(default)]
+    csrf_token: String,
+}
+
+/// Ends the session here and at the provider: RFC 7009 revocation (in the background, so a
+/// slow provider never blocks logout), then RP-initiated logout when the provider offers it.
+#[tracing::instrument(name = "Log out", skip_all)]
+pub async fn log_out(
+    state: State,
+    session: TypedSession,
+    form: web::Form<LogoutForm>,
+) -> Result<HttpResponse> {
+    if !session.check_csrf(&form.csrf_token) {
+        return Err(AppError::Forbidden(
+            "The form has expired. Please reload the page and try again.".into(),
+        ));
+    }
+    let Some(auth) = session.auth() else {
+        session.log_out();
+        return Ok(redirect("/"));
+    };
+    let mut conn = state.pool.acquire().await?;
+    let stored = tokens::load(&mut conn, &state.cipher, auth.token_id).await?;
+    drop(conn);
+    tokens::delete_login(&state.pool, auth.token_id).await?;
+    session.log_out();
+    let Some(stored) = stored else {
+        return Ok(redirect("/"));
+    };
+    let end_session = state
+        .oidc
+        .end_session_url(stored.id_token.as_ref(), &crate::crypto::random_token(16))
+        .await;
+    let oidc = state.oidc.clone();
+    tokio::spawn(async move {
+        if let Some(refresh) = &stored.refresh_token {
+            let token = CoreRevocableToken::from(RefreshToken::new(refresh.expose_secret().to_owned()));
+            if let Err(e) = oidc.revoke(token).await {
+                tracing::warn!(error = %e, "Refresh token revocation failed");
+            }
+        }
+        let token = CoreRevocableToken::from(AccessToken::new(
+            stored.access_token.expose_secret().to_owned(),
+        ));
+        if let Err(e) = oidc.revoke(token).await {
+            tracing::warn!(error = %e, "Access token revocation failed");
+        }
+    });
+    tracing::info!(user_id = %auth.user_id, "User logged out");
+    Ok(redirect(end_session.as_ref().map_or("/", |u| u.as_str())))
+}

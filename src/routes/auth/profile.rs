@@ -1,0 +1,74 @@
+use actix_web::HttpResponse;
+
+use crate::routes::NoStore;
+use serde::Serialize;
+
+use crate::auth::oidc::OidcError;
+use crate::auth::tokens::{AccessError, usable_access_token};
+use crate::error::{AppError, Result};
+use crate::routes::shop::page_layout;
+use crate::session::TypedSession;
+use crate::startup::State;
+use crate::templates::render;
+
+#[derive(Serialize)]
+struct ProfilePage {
+    claims: Vec<(String, String)>,
+}
+
+pub fn access_error(err: AccessError, return_to: &str) -> AppError {
+    match err {
+        AccessError::Gone | AccessError::NeedsLogin => AppError::LoginRequired {
+            return_to: return_to.into(),
+        },
+        AccessError::Provider(e) => {
+            tracing::warn!(error = %e, "Token refresh failed");
+            AppError::Unavailable(
+                "The sign-in provider is unavailable; we are retrying. Please try again in a moment.".into(),
+            )
+        }
+        AccessError::Other(e) => AppError::Unexpected(e),
+    }
+}
+
+/// The user's claims, fetched from userinfo with their access token (never from the browser).
+#[tracing::instrument(name = "Profile page", skip_all)]
+pub async fn profile_page(state: State, session: TypedSession) -> Result<HttpResponse> {
+    const HERE: &str = "/profile";
+    let auth = session
+        .auth()
+        .filter(|a| !a.needs_login())
+        .ok_or(AppError::LoginRequired { return_to: HERE.into() })?;
+    let mut force = false;
+    let info = loop {
+        let tokens = usable_access_token(&state.pool, &state.cipher, &state.oidc, auth.token_id, force)
+            .await
+            .map_err(|e| access_error(e, HERE))?;
+        match state.oidc.userinfo(&tokens.access_token, &auth.subject).await {
+            Ok(info) => break info,
+            // The provider no longer accepts the access token: refresh once, then re-login.
+            Err(OidcError::Refused { .. }) if !force => force = true,
+            Err(OidcError::Refused { .. }) => {
+                return Err(AppError::LoginRequired { return_to: HERE.into() });
+            }
+            Err(e) => return Err(super::provider_error(e)),
+        }
+    };
+    let value = serde_json::to_value(&info).map_err(|e| AppError::Unexpected(e.into()))?;
+    let claims = value
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let shown = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), shown)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let layout = page_layout(&state, &session);
+    Ok(render(&state.tera, "auth/profile.html", &layout, ProfilePage { claims })?.with_no_store())
+}

@@ -1,0 +1,123 @@
+//! The one error page every 4xx/5xx goes through, and the extractor error handlers.
+
+use actix_session::SessionExt;
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
+use actix_web::dev::ServiceResponse;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpRequest, HttpResponse, error};
+use serde::Serialize;
+
+use crate::error::{AppError, ErrorMessage};
+use crate::session::StoreUnavailable;
+use crate::startup::State;
+use crate::templates::Layout;
+
+#[derive(Serialize)]
+struct ErrorPage {
+    status: u16,
+    title: String,
+    message: String,
+}
+
+fn default_message(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "The request was not understood.",
+        403 => "You are not allowed to do that.",
+        404 => "The page you asked for does not exist.",
+        405 => "That action is not supported here.",
+        413 | 414 | 431 => "The request was too large.",
+        429 => "Too many requests. Please wait a moment and try again.",
+        503 => "The shop is temporarily unavailable. Please try again in a moment.",
+        s if s >= 500 => "Something went wrong on our side. Please try again.",
+        _ => "The request could not be completed.",
+    }
+}
+
+/// Wraps bare error responses (no body type yet) in `error.html`. JSON and already-rendered
+/// pages pass through untouched; headers such as `Set-Cookie` and `Location` are kept.
+pub fn render_error_page<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    if res.headers().contains_key(header::CONTENT_TYPE) {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let mut status = res.status();
+    // A session that could not be loaded because Postgres is down is a 503, not a 500.
+    let db_down = res
+        .response()
+        .error()
+        .is_some_and(|e| e.to_string() == StoreUnavailable.to_string());
+    if db_down {
+        status = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let message = res
+        .response()
+        .extensions()
+        .get::<ErrorMessage>()
+        .map(|m| m.0.clone())
+        .unwrap_or_else(|| default_message(status).to_owned());
+    let html = render(res.request(), status, &message);
+    let (req, mut response) = res.into_parts();
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if db_down {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    let response = response.set_body(EitherBody::<B, BoxBody>::right(BoxBody::new(html)));
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response)))
+}
+
+fn render(req: &HttpRequest, status: StatusCode, message: &str) -> String {
+    let page = ErrorPage {
+        status: status.as_u16(),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        message: message.to_owned(),
+    };
+    let Some(state) = req.app_data::<State>() else {
+        return message.to_owned();
+    };
+    let session = crate::session::TypedSession::from_session(req.get_session());
+    let layout = Layout::for_error_page(&session);
+    let mut ctx = match tera::Context::from_serialize(&page) {
+        Ok(ctx) => ctx,
+        Err(_) => return message.to_owned(),
+    };
+    ctx.insert("layout", &layout);
+    state
+        .tera
+        .render("error.html", &ctx)
+        .unwrap_or_else(|e| {
+            tracing::error!(error = ?e, "Rendering the error page failed");
+            message.to_owned()
+        })
+}
+
+pub async fn not_found() -> Result<HttpResponse, AppError> {
+    Err(AppError::NotFound)
+}
+
+pub fn bad_query(err: error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    AppError::BadRequest(format!("The address has an invalid query: {err}")).into()
+}
+
+pub fn bad_form(err: error::UrlencodedError, _req: &HttpRequest) -> actix_web::Error {
+    let message = match err {
+        error::UrlencodedError::Overflow { .. } => "The form is too large.".to_owned(),
+        other => format!("The form could not be read: {other}"),
+    };
+    AppError::BadRequest(message).into()
+}
+
+/// Used by the few handlers that answer a bare status.
+pub fn status_page(status: StatusCode) -> HttpResponse {
+    HttpResponse::build(status).finish()
+}

@@ -1,0 +1,36 @@
+//! Every route of the public contract.
+
+pub mod auth;
+pub mod errors;
+pub mod health;
+pub mod shop;
+
+use actix_web::web;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health::health_check))
+        .route("/", web::get().to(shop::home))
+        .route("/login", web::get().to(auth::login::start_login))
+        .route("/callback", web::get().to(auth::callback::login_callback))
+        .route("/profile", web::get().to(auth::profile::profile_page))
+        .route("/logout", web::post().to(auth::logout::log_out))
+        .route(
+            "/backchannel-logout",
+            web::post().to(auth::backchannel::backchannel_logout),
+        );
+}
+
+/// `Cache-Control: no-store` for pages that show personal data.
+pub trait NoStore {
+    fn with_no_store(self) -> Self;
+}
+
+impl NoStore for actix_web::HttpResponse {
+    fn with_no_store(mut self) -> Self {
+        self.headers_mut().insert(
+            actix_web::http::header::CACHE_CONTROL,
+            actix_web::http::header::HeaderValue::from_static("no-store"),
+        );
+        self
+    }
+}

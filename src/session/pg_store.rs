@@ -1,0 +1,267 @@
+//! `PgSessionStore`: actix-session state in Postgres.
+//!
+//! - The cookie carries a random 256-bit key; the table stores only its SHA-256.
+//! - A load is one statement. It also pushes the idle expiry forward, but at most once per
+//!   `touch_interval`, so steady-state requests do not write.
+//! - The same statement joins the login's user and token health and hands them to the request
+//!   as the read-only [`AUTH_KEY`] entry: "who is this and must they log in again" costs no
+//!   second round trip, and a revoked session is anonymous on its very next request.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
+use actix_web::cookie::time::Duration as CookieDuration;
+use anyhow::Context;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{AUTH_KEY, AuthState, CLIENT_KEY, ClientInfo, TOKEN_KEY};
+use crate::crypto::{random_token, sha256};
+
+type State = HashMap<String, String>;
+
+/// The root cause attached to a failed load/save when Postgres is unreachable, so the error
+/// page can answer 503 instead of 500.
+#[derive(Debug, thiserror::Error)]
+#[error("the session database is unavailable")]
+pub struct StoreUnavailable;
+
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTimeouts {
+    pub idle: Duration,
+    pub absolute: Duration,
+    pub touch_interval: Duration,
+}
+
+#[derive(Clone)]
+pub struct PgSessionStore {
+    pool: PgPool,
+    timeouts: SessionTimeouts,
+}
+
+impl PgSessionStore {
+    pub fn new(pool: PgPool, timeouts: SessionTimeouts) -> Self {
+        Self { pool, timeouts }
+    }
+
+    fn idle_secs(&self) -> f64 {
+        self.timeouts.idle.as_secs_f64()
+    }
+
+    async fn insert(&self, state: State) -> anyhow::Result<SessionKey> {
+        let columns = Columns::from_state(state)?;
+        let key = new_session_key();
+        sqlx::query(
+            r#"
+            INSERT INTO sessions (session_id, key_hash, state, token_id, ip, user_agent,
+                                  expires_at, absolute_expires_at)
+            VALUES ($1, $2, $3,
+                    (SELECT token_id FROM oauth_tokens WHERE token_id = $4),
+                    $5::inet, $6,
+                    now() + make_interval(secs => LEAST($7, $8)),
+                    now() + make_interval(secs => $8))
+            "#,
+        )
+        .bind(Uuid::now_v7())
+        .bind(&sha256(key.as_ref().as_bytes())[..])
+        .bind(&columns.state)
+        .bind(columns.token_id)
+        .bind(columns.client.ip)
+        .bind(columns.client.user_agent)
+        .bind(self.idle_secs())
+        .bind(self.timeouts.absolute.as_secs_f64())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(key)
+    }
+}
+
+/// What the `sessions` row keeps outside the jsonb state.
+struct Columns {
+    state: serde_json::Value,
+    token_id: Option<Uuid>,
+    client: ClientInfo,
+}
+
+impl Columns {
+    fn from_state(mut state: State) -> anyhow::Result<Self> {
+        // Derived on every load; never persisted.
+        state.remove(AUTH_KEY);
+        let token_id = match state.get(TOKEN_KEY) {
+            Some(v) => Some(serde_json::from_str::<Uuid>(v).context("token id in session")?),
+            None => None,
+        };
+        let client = match state.get(CLIENT_KEY) {
+            Some(v) => serde_json::from_str(v).unwrap_or_default(),
+            None => ClientInfo::default(),
+        };
+        Ok(Self {
+            state: serde_json::to_value(state)?,
+            token_id,
+            client,
+        })
+    }
+}
+
+fn new_session_key() -> SessionKey {
+    random_token(32)
+        .try_into()
+        .expect("43 characters is a valid session key")
+}
+
+fn hash(key: &SessionKey) -> Vec<u8> {
+    sha256(key.as_ref().as_bytes()).to_vec()
+}
+
+/// Wraps connection failures in [`StoreUnavailable`] so callers can tell them apart.
+fn classify(err: sqlx::Error) -> anyhow::Error {
+    if crate::db::is_unavailable(&err) {
+        anyhow::Error::new(err).context(StoreUnavailable)
+    } else {
+        anyhow::Error::new(err)
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct LoadedRow {
+    state: serde_json::Value,
+    user_id: Option<Uuid>,
+    subject: Option<String>,
+    email: Option<String>,
+    name: Option<String>,
+    groups: Option<Vec<String>>,
+    token_id: Option<Uuid>,
+    access_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    refresh_status: Option<String>,
+}
+
+impl SessionStore for PgSessionStore {
+    async fn load(&self, session_key: &SessionKey) -> Result<Option<State>, LoadError> {
+        // The UPDATE in the CTE runs even though the SELECT does not read it; it only matches
+        // when the last touch is older than the throttle interval.
+        let row: Option<LoadedRow> = sqlx::query_as(
+            r#"
+            WITH live AS (
+                SELECT session_id, state, token_id
+                FROM sessions
+                WHERE key_hash = $1 AND expires_at > now() AND absolute_expires_at > now()
+            ), touched AS (
+                UPDATE sessions
+                SET last_seen_at = now(),
+                    expires_at = LEAST(now() + make_interval(secs => $2), absolute_expires_at)
+                WHERE session_id = (SELECT session_id FROM live)
+                  AND last_seen_at < now() - make_interval(secs => $3)
+                RETURNING 1
+            )
+            SELECT l.state, u.user_id, u.subject, u.email, u.name, u.groups,
+                   t.token_id, t.access_expires_at, t.refresh_status
+            FROM live l
+            LEFT JOIN oauth_tokens t ON t.token_id = l.token_id
+            LEFT JOIN users u ON u.user_id = t.user_id
+            "#,
+        )
+        .bind(hash(session_key))
+        .bind(self.idle_secs())
+        .bind(self.timeouts.touch_interval.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| LoadError::Other(classify(e)))?;
+
+        let Some(row) = row else { return Ok(None) };
+        let mut state: State = serde_json::from_value(row.state)
+            .map_err(|e| LoadError::Deserialization(e.into()))?;
+        state.remove(AUTH_KEY);
+        match (row.user_id, row.token_id, row.access_expires_at) {
+            (Some(user_id), Some(token_id), Some(access_expires_at)) => {
+                let auth = AuthState {
+                    user_id,
+                    token_id,
+                    subject: row.subject.unwrap_or_default(),
+                    email: row.email,
+                    name: row.name,
+                    groups: row.groups.unwrap_or_default(),
+                    access_expires_at,
+                    refresh_status: row.refresh_status.unwrap_or_default(),
+                };
+                let json = serde_json::to_string(&auth)
+                    .map_err(|e| LoadError::Deserialization(e.into()))?;
+                state.insert(AUTH_KEY.to_owned(), json);
+            }
+            // The login behind this session is gone (logout elsewhere, revoked): anonymous.
+            _ => {
+                state.remove(TOKEN_KEY);
+            }
+        }
+        Ok(Some(state))
+    }
+
+    async fn save(&self, state: State, _ttl: &CookieDuration) -> Result<SessionKey, SaveError> {
+        self.insert(state).await.map_err(SaveError::Other)
+    }
+
+    async fn update(
+        &self,
+        session_key: SessionKey,
+        state: State,
+        _ttl: &CookieDuration,
+    ) -> Result<SessionKey, UpdateError> {
+        let columns = Columns::from_state(state.clone()).map_err(UpdateError::Serialization)?;
+        // A token id that no longer exists (revoked meanwhile) is stored as NULL: the session
+        // stays, the login does not come back.
+        let updated = sqlx::query(
+            r#"
+            UPDATE sessions
+            SET state = $2,
+                token_id = (SELECT token_id FROM oauth_tokens WHERE token_id = $3),
+                ip = COALESCE($4::inet, ip),
+                user_agent = COALESCE($5, user_agent),
+                last_seen_at = now(),
+                expires_at = LEAST(now() + make_interval(secs => $6), absolute_expires_at)
+            WHERE key_hash = $1 AND expires_at > now()
+            "#,
+        )
+        .bind(hash(&session_key))
+        .bind(&columns.state)
+        .bind(columns.token_id)
+        .bind(columns.client.ip)
+        .bind(columns.client.user_agent)
+        .bind(self.idle_secs())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| UpdateError::Other(classify(e)))?;
+        if updated.rows_affected() == 1 {
+            Ok(session_key)
+        } else {
+            // Expired or deleted while this request ran: start a new session with a new key.
+            self.insert(state).await.map_err(UpdateError::Other)
+        }
+    }
+
+    async fn update_ttl(&self, session_key: &SessionKey, _ttl: &CookieDuration) -> anyhow::Result<()> {
+        sqlx::query(
+            r#"
+            UPDATE sessions
+            SET last_seen_at = now(),
+                expires_at = LEAST(now() + make_interval(secs => $2), absolute_expires_at)
+            WHERE key_hash = $1 AND expires_at > now()
+            "#,
+        )
+        .bind(hash(session_key))
+        .bind(self.idle_secs())
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn delete(&self, session_key: &SessionKey) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM sessions WHERE key_hash = $1")
+            .bind(hash(session_key))
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}

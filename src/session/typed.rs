@@ -1,0 +1,143 @@
+//! `TypedSession`: named, typed accessors instead of string keys spread over the handlers.
+
+use std::future::{Ready, ready};
+
+use actix_session::{Session, SessionExt, SessionGetError, SessionInsertError};
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{AUTH_KEY, AuthState, CLIENT_KEY, ClientInfo, TOKEN_KEY};
+use crate::crypto::{constant_time_eq, random_token};
+
+const CSRF_KEY: &str = "csrf";
+const PENDING_LOGINS_KEY: &str = "pending_logins";
+/// Several tabs may log in at once; beyond this the oldest attempt is forgotten.
+const MAX_PENDING_LOGINS: usize = 5;
+/// A login attempt must come back from the provider within this many seconds.
+pub const PENDING_LOGIN_TTL_SECS: i64 = 600;
+
+/// One `/login` in flight: what `/callback` needs to finish it. Single use.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingLogin {
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub return_to: String,
+    pub created_at: i64,
+}
+
+pub struct TypedSession(Session);
+
+impl TypedSession {
+    pub fn from_session(session: Session) -> Self {
+        Self(session)
+    }
+
+    pub fn inner(&self) -> &Session {
+        &self.0
+    }
+
+    /// The logged-in user, if the session has a live login behind it.
+    pub fn auth(&self) -> Option<AuthState> {
+        self.0.get::<AuthState>(AUTH_KEY).ok().flatten()
+    }
+
+    pub fn token_id(&self) -> Option<Uuid> {
+        self.auth().map(|a| a.token_id)
+    }
+
+    /// Binds the session to a completed login. Renews the key first: the cookie an attacker
+    /// may have planted before login is worthless afterwards (no session fixation).
+    pub fn log_in(&self, token_id: Uuid, client: &ClientInfo) -> Result<(), SessionInsertError> {
+        self.0.renew();
+        self.0.insert(TOKEN_KEY, token_id)?;
+        self.0.insert(CLIENT_KEY, client)?;
+        // A fresh CSRF token for the logged-in session.
+        self.0.insert(CSRF_KEY, random_token(32))
+    }
+
+    pub fn log_out(&self) {
+        self.0.purge();
+    }
+
+    /// The session's CSRF token, created on first use.
+    pub fn csrf_token(&self) -> String {
+        if let Ok(Some(token)) = self.0.get::<String>(CSRF_KEY) {
+            return token;
+        }
+        let token = random_token(32);
+        // Inserting a String cannot fail to serialize.
+        let _ = self.0.insert(CSRF_KEY, &token);
+        token
+    }
+
+    /// The CSRF token if the session has one already (error pages must not write).
+    pub fn existing_csrf_token(&self) -> Option<String> {
+        self.0.get::<String>(CSRF_KEY).ok().flatten()
+    }
+
+    /// Compares a submitted CSRF token with the session's, in constant time.
+    pub fn check_csrf(&self, submitted: &str) -> bool {
+        match self.0.get::<String>(CSRF_KEY) {
+            Ok(Some(expected)) => !submitted.is_empty() && constant_time_eq(&expected, submitted),
+            _ => false,
+        }
+    }
+
+    pub fn begin_login(&self, login: PendingLogin) -> Result<(), SessionInsertError> {
+        let now = chrono::Utc::now().timestamp();
+        let mut pending = self.pending_logins();
+        pending.retain(|p| now - p.created_at < PENDING_LOGIN_TTL_SECS);
+        if pending.len() >= MAX_PENDING_LOGINS {
+            pending.drain(..=pending.len() - MAX_PENDING_LOGINS);
+        }
+        pending.push(login);
+        self.0.insert(PENDING_LOGINS_KEY, pending)
+    }
+
+    /// Removes and returns the login started with `state`, if it exists and has not expired.
+    pub fn take_login(&self, state: &str) -> Result<Option<PendingLogin>, SessionInsertError> {
+        let mut pending = self.pending_logins();
+        let Some(index) = pending
+            .iter()
+            .position(|p| constant_time_eq(&p.state, state))
+        else {
+            return Ok(None);
+        };
+        let login = pending.remove(index);
+        if pending.is_empty() {
+            self.0.remove(PENDING_LOGINS_KEY);
+        } else {
+            self.0.insert(PENDING_LOGINS_KEY, pending)?;
+        }
+        let age = chrono::Utc::now().timestamp() - login.created_at;
+        Ok((0..PENDING_LOGIN_TTL_SECS).contains(&age).then_some(login))
+    }
+
+    fn pending_logins(&self) -> Vec<PendingLogin> {
+        self.0
+            .get::<Vec<PendingLogin>>(PENDING_LOGINS_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    pub fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionGetError> {
+        self.0.get(key)
+    }
+
+    pub fn insert<T: Serialize>(&self, key: &str, value: T) -> Result<(), SessionInsertError> {
+        self.0.insert(key, value)
+    }
+}
+
+impl FromRequest for TypedSession {
+    type Error = <Session as FromRequest>::Error;
+    type Future = Ready<Result<TypedSession, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(Ok(TypedSession(req.get_session())))
+    }
+}

@@ -1,0 +1,159 @@
+//! Builds the HTTP server and the shared application state.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_files::Files;
+use actix_session::SessionMiddleware;
+use actix_session::config::{CookieContentSecurity, PersistentSession, TtlExtensionPolicy};
+use actix_web::cookie::{Key, SameSite};
+use actix_web::dev::Server;
+use actix_web::middleware::{DefaultHeaders, ErrorHandlers};
+use actix_web::{App, HttpServer, web};
+use sqlx::PgPool;
+use tera::Tera;
+use tokio_util::sync::CancellationToken;
+use tracing_actix_web::TracingLogger;
+
+use crate::auth::oidc::Oidc;
+use crate::configuration::Settings;
+use crate::crypto::TokenCipher;
+use crate::routes;
+use crate::session::{PgSessionStore, SessionTimeouts};
+
+/// Everything a handler needs, shared by all workers.
+pub struct AppState {
+    pub pool: PgPool,
+    pub tera: Tera,
+    pub oidc: Arc<Oidc>,
+    pub cipher: TokenCipher,
+    pub settings: Settings,
+}
+
+pub type State = web::Data<AppState>;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: State,
+}
+
+impl Application {
+    /// Binds the listener and prepares the server; nothing runs until [`Self::run_until_stopped`].
+    pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let tera = crate::templates::load(&settings.server.templates_dir)?;
+        let oidc = Arc::new(Oidc::new(&settings)?);
+        // One attempt now; if the provider is down the shop starts anyway and
+        // `spawn_background_tasks` keeps trying.
+        if let Err(e) = oidc.discover().await {
+            tracing::warn!(error = %e, "OpenID provider unreachable at start-up; public pages only until it answers");
+        }
+        let cipher = TokenCipher::new(settings.tokens.keys()?);
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+        let port = listener.local_addr()?.port();
+        let state = web::Data::new(AppState {
+            pool,
+            tera,
+            oidc,
+            cipher,
+            settings,
+        });
+        let server = run(listener, state.clone())?;
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Discovery retries and session cleanup. They stop when `stop` is cancelled.
+    pub fn spawn_background_tasks(&self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let s = &self.state.settings;
+        let oidc = self.state.oidc.clone();
+        let retry = Duration::from_secs(s.oidc.discovery_retry_secs.max(1));
+        let discovery_stop = stop.clone();
+        vec![
+            tokio::spawn(async move { oidc.discover_until_ready(retry, discovery_stop).await }),
+            tokio::spawn(crate::session::cleanup::run_until_stopped(
+                self.state.pool.clone(),
+                Duration::from_secs(s.session.cleanup_interval_secs.max(1)),
+                s.session.cleanup_batch_size.max(1),
+                stop,
+            )),
+        ]
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+fn session_middleware(settings: &Settings, pool: PgPool) -> SessionMiddleware<PgSessionStore> {
+    let s = &settings.session;
+    let key = Key::from(&s.cookie_key().expect("validated at load"));
+    let store = PgSessionStore::new(
+        pool,
+        SessionTimeouts {
+            idle: Duration::from_secs(s.idle_timeout_secs),
+            absolute: Duration::from_secs(s.absolute_timeout_secs),
+            touch_interval: Duration::from_secs(s.touch_interval_secs),
+        },
+    );
+    // `__Host-` pins the cookie to this exact origin, but browsers accept it only with Secure.
+    let name = if settings.is_https() {
+        format!("__Host-{}", s.cookie_name)
+    } else {
+        s.cookie_name.clone()
+    };
+    SessionMiddleware::builder(store, key)
+        .cookie_name(name)
+        .cookie_secure(settings.is_https())
+        .cookie_http_only(true)
+        .cookie_same_site(SameSite::Lax)
+        .cookie_path("/".into())
+        .cookie_content_security(CookieContentSecurity::Signed)
+        .session_lifecycle(
+            PersistentSession::default()
+                .session_ttl(actix_web::cookie::time::Duration::seconds(
+                    s.absolute_timeout_secs as i64,
+                ))
+                // The store extends idle expiry itself, throttled, inside the load query.
+                .session_ttl_extension_policy(TtlExtensionPolicy::OnStateChanges),
+        )
+        .build()
+}
+
+fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
+    let server = HttpServer::new(move || {
+        let static_dir = state.settings.server.static_dir.clone();
+        App::new()
+            .wrap(session_middleware(&state.settings, state.pool.clone()))
+            .wrap(ErrorHandlers::new().default_handler(routes::errors::render_error_page))
+            .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
+            .wrap(TracingLogger::default())
+            .app_data(state.clone())
+            .app_data(web::QueryConfig::default().error_handler(routes::errors::bad_query))
+            .app_data(web::FormConfig::default().limit(16 * 1024).error_handler(routes::errors::bad_form))
+            .configure(routes::configure)
+            .service(
+                Files::new("/static", static_dir)
+                    .prefer_utf8(true)
+                    .use_etag(true)
+                    .use_last_modified(true),
+            )
+            .default_service(web::to(routes::errors::not_found))
+    })
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

@@ -1,0 +1,79 @@
+//! Tera, loaded once at start-up, with autoescaping on for every `.html` template.
+
+use std::path::Path;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use anyhow::Context as _;
+use serde::Serialize;
+use tera::{Context, Tera};
+
+use crate::session::TypedSession;
+
+pub fn load(dir: &Path) -> anyhow::Result<Tera> {
+    let glob = dir.join("**").join("*.html");
+    let mut tera = Tera::new(&glob.to_string_lossy())
+        .with_context(|| format!("loading templates from {}", dir.display()))?;
+    tera.autoescape_on(vec![".html"]);
+    Ok(tera)
+}
+
+/// What the layout shows on every page: who is logged in, the cart, the CSRF token for forms.
+#[derive(Debug, Serialize)]
+pub struct Layout {
+    pub user_name: Option<String>,
+    pub is_admin: bool,
+    pub csrf_token: String,
+    pub cart_count: u32,
+}
+
+impl Layout {
+    pub fn for_session(session: &TypedSession, is_admin: bool) -> Self {
+        let auth = session.auth();
+        Self {
+            user_name: auth.as_ref().map(|a| a.display_name().to_owned()),
+            is_admin: auth.is_some() && is_admin,
+            csrf_token: session.csrf_token(),
+            cart_count: crate::routes::shop::cart_count(session),
+        }
+    }
+}
+
+impl Layout {
+    /// For error pages: reads the session but never writes to it (the store may be down).
+    pub fn for_error_page(session: &TypedSession) -> Self {
+        Self {
+            user_name: session.auth().map(|a| a.display_name().to_owned()),
+            is_admin: false,
+            csrf_token: session.existing_csrf_token().unwrap_or_default(),
+            cart_count: crate::routes::shop::cart_count(session),
+        }
+    }
+}
+
+/// Renders `template` inside the layout.
+pub fn render(
+    tera: &Tera,
+    template: &str,
+    layout: &Layout,
+    page: impl Serialize,
+) -> anyhow::Result<HttpResponse> {
+    render_with_status(tera, StatusCode::OK, template, layout, page)
+}
+
+pub fn render_with_status(
+    tera: &Tera,
+    status: StatusCode,
+    template: &str,
+    layout: &Layout,
+    page: impl Serialize,
+) -> anyhow::Result<HttpResponse> {
+    let mut ctx = Context::from_serialize(page).context("page context")?;
+    ctx.insert("layout", layout);
+    let html = tera
+        .render(template, &ctx)
+        .with_context(|| format!("rendering {template}"))?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(html))
+}
