@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "storefront", version, about = "An OpenID Connect web shop (backend for frontend)")]
+#[command(
+    name = "storefront",
+    version,
+    about = "An OpenID Connect web shop (backend for frontend)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

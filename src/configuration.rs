@@ -228,9 +228,17 @@ pub fn get_configuration_from(
     dir: &Path,
     environment: Option<&str>,
 ) -> Result<Settings, ConfigError> {
-    let mut builder = config::Config::builder().add_source(
-        config::File::from(dir.join("default.toml")).format(config::FileFormat::Toml),
-    );
+    get_configuration_with(dir, environment, &[])
+}
+
+/// As [`get_configuration_from`], with `overrides` (`("section.key", value)`) applied last.
+pub fn get_configuration_with(
+    dir: &Path,
+    environment: Option<&str>,
+    overrides: &[(&str, String)],
+) -> Result<Settings, ConfigError> {
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from(dir.join("default.toml")).format(config::FileFormat::Toml));
     if let Some(env) = environment.filter(|e| !e.is_empty()) {
         let file = dir.join(format!("{env}.toml"));
         if !file.exists() {
@@ -253,8 +261,13 @@ pub fn get_configuration_from(
     for key in LIST_KEYS {
         env_source = env_source.with_list_parse_key(key);
     }
+    builder = builder.add_source(env_source.try_parsing(true));
+    for (key, value) in overrides {
+        builder = builder
+            .set_override(*key, value.as_str())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+    }
     let settings: Settings = builder
-        .add_source(env_source.try_parsing(true))
         .build()
         .and_then(|c| c.try_deserialize())
         .map_err(|e| ConfigError::Load(e.to_string()))?;
@@ -312,10 +325,12 @@ impl Settings {
     }
 
     pub fn redirect_url(&self) -> Url {
-        self.oidc
-            .redirect_url
-            .clone()
-            .unwrap_or_else(|| self.server.public_url.join("/callback").expect("valid path"))
+        self.oidc.redirect_url.clone().unwrap_or_else(|| {
+            self.server
+                .public_url
+                .join("/callback")
+                .expect("valid path")
+        })
     }
 
     pub fn post_logout_redirect_url(&self) -> Url {
@@ -361,22 +376,24 @@ impl TokenSettings {
             let bytes = BASE64
                 .decode(b64.trim())
                 .map_err(|_| invalid(key, "is not valid base64"))?;
-            bytes
-                .try_into()
-                .map_err(|b: Vec<u8>| invalid(key, format!("must decode to 32 bytes (got {})", b.len())))
+            bytes.try_into().map_err(|b: Vec<u8>| {
+                invalid(key, format!("must decode to 32 bytes (got {})", b.len()))
+            })
         };
         if self.key_id.is_empty() || self.key_id.contains(':') {
-            return Err(invalid("tokens.key_id", "must be non-empty and contain no `:`"));
+            return Err(invalid(
+                "tokens.key_id",
+                "must be non-empty and contain no `:`",
+            ));
         }
         let mut keys = vec![TokenKey {
             id: self.key_id.clone(),
             key: decode("tokens.encryption_key", self.encryption_key.expose_secret())?,
         }];
         for entry in &self.previous_keys {
-            let (id, b64) = entry
-                .expose_secret()
-                .split_once(':')
-                .ok_or_else(|| invalid("tokens.previous_keys", "entries must look like `id:base64`"))?;
+            let (id, b64) = entry.expose_secret().split_once(':').ok_or_else(|| {
+                invalid("tokens.previous_keys", "entries must look like `id:base64`")
+            })?;
             keys.push(TokenKey {
                 id: id.to_owned(),
                 key: decode("tokens.previous_keys", b64)?,

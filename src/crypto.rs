@@ -81,7 +81,12 @@ impl TokenCipher {
         out
     }
 
-    pub fn decrypt(&self, key_id: &str, data: &[u8], aad: &[u8]) -> Result<SecretString, CipherError> {
+    pub fn decrypt(
+        &self,
+        key_id: &str,
+        data: &[u8],
+        aad: &[u8],
+    ) -> Result<SecretString, CipherError> {
         let cipher = std::iter::once(&self.current)
             .chain(&self.previous)
             .find(|(id, _)| id == key_id)
@@ -92,7 +97,13 @@ impl TokenCipher {
         }
         let (nonce, ciphertext) = data.split_at(NONCE_LEN);
         let plain = cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map_err(|_| CipherError::Corrupt)?;
         String::from_utf8(plain)
             .map(SecretString::from)
@@ -130,7 +141,10 @@ mod tests {
         let ct = old.encrypt(&SecretString::from("t"), b"");
         let rotated = TokenCipher::new(vec![key("k2", 2), key("k1", 1)]);
         assert_eq!(rotated.current_key_id(), "k2");
-        assert_eq!(rotated.decrypt("k1", &ct, b"").unwrap().expose_secret(), "t");
+        assert_eq!(
+            rotated.decrypt("k1", &ct, b"").unwrap().expose_secret(),
+            "t"
+        );
         assert!(matches!(
             TokenCipher::new(vec![key("k2", 2)]).decrypt("k1", &ct, b""),
             Err(CipherError::UnknownKey(_))

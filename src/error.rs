@@ -52,7 +52,9 @@ impl From<sqlx::Error> for AppError {
     fn from(err: sqlx::Error) -> Self {
         if crate::db::is_unavailable(&err) {
             tracing::warn!(error = %err, "Database unavailable");
-            AppError::Unavailable("The shop's database is unavailable. Please try again in a moment.".into())
+            AppError::Unavailable(
+                "The shop's database is unavailable. Please try again in a moment.".into(),
+            )
         } else {
             AppError::Unexpected(err.into())
         }

@@ -48,7 +48,12 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             action: Some(MigrateAction::Status),
         } => {
             for m in migrations::status(&pool).await? {
-                println!("{:<16} {:<18} {}", m.version, format!("{:?}", m.state), m.description);
+                println!(
+                    "{:<16} {:<18} {}",
+                    m.version,
+                    format!("{:?}", m.state),
+                    m.description
+                );
             }
             Ok(())
         }

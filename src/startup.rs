@@ -9,7 +9,7 @@ use actix_session::SessionMiddleware;
 use actix_session::config::{CookieContentSecurity, PersistentSession, TtlExtensionPolicy};
 use actix_web::cookie::{Key, SameSite};
 use actix_web::dev::Server;
-use actix_web::middleware::{DefaultHeaders, ErrorHandlers};
+use actix_web::middleware::{DefaultHeaders, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use sqlx::PgPool;
 use tera::Tera;
@@ -42,6 +42,23 @@ pub struct Application {
 impl Application {
     /// Binds the listener and prepares the server; nothing runs until [`Self::run_until_stopped`].
     pub async fn build(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {}:{} (server.host/server.port): {e}",
+                    settings.server.host,
+                    settings.server.port
+                )
+            })?;
+        Self::build_on(settings, pool, listener).await
+    }
+
+    /// Like [`Self::build`], on a listener bound by the caller (tests need the port early).
+    pub async fn build_on(
+        settings: Settings,
+        pool: PgPool,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
         let tera = crate::templates::load(&settings.server.templates_dir)?;
         let oidc = Arc::new(Oidc::new(&settings)?);
         // One attempt now; if the provider is down the shop starts anyway and
@@ -50,7 +67,6 @@ impl Application {
             tracing::warn!(error = %e, "OpenID provider unreachable at start-up; public pages only until it answers");
         }
         let cipher = TokenCipher::new(settings.tokens.keys()?);
-        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool,
@@ -76,7 +92,10 @@ impl Application {
     }
 
     /// Discovery retries and session cleanup. They stop when `stop` is cancelled.
-    pub fn spawn_background_tasks(&self, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn_background_tasks(
+        &self,
+        stop: CancellationToken,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let s = &self.state.settings;
         let oidc = self.state.oidc.clone();
         let retry = Duration::from_secs(s.oidc.discovery_retry_secs.max(1));
@@ -137,18 +156,28 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
         let static_dir = state.settings.server.static_dir.clone();
         App::new()
             .wrap(session_middleware(&state.settings, state.pool.clone()))
+            .wrap(from_fn(routes::errors::errors_to_responses))
+            .wrap(from_fn(routes::errors::limit_query_length))
             .wrap(ErrorHandlers::new().default_handler(routes::errors::render_error_page))
             .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
             .wrap(TracingLogger::default())
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(routes::errors::bad_query))
-            .app_data(web::FormConfig::default().limit(16 * 1024).error_handler(routes::errors::bad_form))
+            .app_data(
+                web::FormConfig::default()
+                    .limit(16 * 1024)
+                    .error_handler(routes::errors::bad_form),
+            )
             .configure(routes::configure)
             .service(
-                Files::new("/static", static_dir)
-                    .prefer_utf8(true)
-                    .use_etag(true)
-                    .use_last_modified(true),
+                web::scope("/static")
+                    .wrap(DefaultHeaders::new().add(("Cache-Control", "public, max-age=3600")))
+                    .service(
+                        Files::new("", static_dir)
+                            .prefer_utf8(true)
+                            .use_etag(true)
+                            .use_last_modified(true),
+                    ),
             )
             .default_service(web::to(routes::errors::not_found))
     })

@@ -33,13 +33,29 @@ impl Layout {
         Self {
             user_name: auth.as_ref().map(|a| a.display_name().to_owned()),
             is_admin: auth.is_some() && is_admin,
-            csrf_token: session.csrf_token(),
+            // Anonymous visitors get a CSRF token (and so a session row) only from pages
+            // that have a form; the layout's logout form needs one only when logged in.
+            csrf_token: if auth.is_some() {
+                session.csrf_token()
+            } else {
+                session.existing_csrf_token().unwrap_or_default()
+            },
             cart_count: crate::routes::shop::cart_count(session),
         }
     }
 }
 
 impl Layout {
+    /// For pages rendered without a session.
+    pub fn anonymous() -> Self {
+        Self {
+            user_name: None,
+            is_admin: false,
+            csrf_token: String::new(),
+            cart_count: 0,
+        }
+    }
+
     /// For error pages: reads the session but never writes to it (the store may be down).
     pub fn for_error_page(session: &TypedSession) -> Self {
         Self {

@@ -55,9 +55,10 @@ fn contains_encoded_separator(path: &str) -> bool {
 pub fn is_admin(settings: &AdminSettings, auth: &AuthState) -> bool {
     auth.groups.iter().any(|g| settings.groups.contains(g))
         || settings.subjects.contains(&auth.subject)
-        || auth.email.as_ref().is_some_and(|e| {
-            settings.emails.iter().any(|a| a.eq_ignore_ascii_case(e))
-        })
+        || auth
+            .email
+            .as_ref()
+            .is_some_and(|e| settings.emails.iter().any(|a| a.eq_ignore_ascii_case(e)))
 }
 
 #[cfg(test)]

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreAuthenticationFlow, CoreClaimName, CoreClaimType,
-    CoreClientAuthMethod, CoreErrorResponseType, CoreGenderClaim, CoreGrantType,
-    CoreJsonWebKey, CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm,
-    CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType, CoreRevocableToken,
-    CoreRevocationErrorResponse, CoreSubjectIdentifierType, CoreTokenIntrospectionResponse,
-    CoreTokenType,
+    CoreClientAuthMethod, CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AccessToken, AccessTokenHash, AdditionalClaims, AdditionalProviderMetadata, AuthType,
@@ -73,10 +72,18 @@ type Metadata = ProviderMetadata<
     CoreResponseType,
     CoreSubjectIdentifierType,
 >;
-type ShopIdToken =
-    IdToken<ShopClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
-type LogoutToken =
-    IdToken<LogoutClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
+type ShopIdToken = IdToken<
+    ShopClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+type LogoutToken = IdToken<
+    LogoutClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
 pub type ShopIdTokenClaims = IdTokenClaims<ShopClaims, CoreGenderClaim>;
 pub type ShopUserInfo = UserInfoClaims<ShopClaims, CoreGenderClaim>;
 type ShopTokenResponse = StandardTokenResponse<
@@ -154,13 +161,16 @@ pub struct TokenSet {
 
 impl TokenSet {
     pub fn claims(&self) -> &ShopIdTokenClaims {
-        self.claims.as_ref().expect("a login always has verified ID token claims")
+        self.claims
+            .as_ref()
+            .expect("a login always has verified ID token claims")
     }
 }
 
 struct Provider {
     metadata: Metadata,
-    fetched_jwks_at: Instant,
+    /// When an unknown `kid` last made us refetch the JWKS (`None`: not since discovery).
+    refetched_jwks_at: Option<Instant>,
 }
 
 pub struct Oidc {
@@ -186,12 +196,19 @@ impl Oidc {
             .timeout(timeout)
             .user_agent(concat!("storefront/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let issuer = settings.oidc.issuer_url.as_str().trim_end_matches('/').to_owned();
+        let issuer = settings
+            .oidc
+            .issuer_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
         Ok(Self {
             http,
             issuer: IssuerUrl::new(issuer)?,
             client_id: ClientId::new(settings.oidc.client_id.clone()),
-            client_secret: ClientSecret::new(settings.oidc.client_secret.expose_secret().to_owned()),
+            client_secret: ClientSecret::new(
+                settings.oidc.client_secret.expose_secret().to_owned(),
+            ),
             redirect_url: RedirectUrl::from_url(settings.redirect_url()),
             post_logout_redirect_url: PostLogoutRedirectUrl::from_url(
                 settings.post_logout_redirect_url(),
@@ -229,7 +246,7 @@ impl Oidc {
             .map_err(|e| OidcError::Unavailable(error_chain(&e)))?;
         *self.provider.write().expect("not poisoned") = Some(Arc::new(Provider {
             metadata,
-            fetched_jwks_at: Instant::now(),
+            refetched_jwks_at: None,
         }));
         Ok(())
     }
@@ -242,7 +259,9 @@ impl Oidc {
     ) {
         while !self.is_ready() {
             match self.discover().await {
-                Ok(()) => tracing::info!(issuer = %self.issuer.as_str(), "OpenID provider discovered"),
+                Ok(()) => {
+                    tracing::info!(issuer = %self.issuer.as_str(), "OpenID provider discovered")
+                }
                 Err(e) => tracing::warn!(error = %e, "OpenID provider discovery failed; retrying"),
             }
             if self.is_ready() {
@@ -264,10 +283,17 @@ impl Oidc {
             return Ok(p);
         }
         if last.is_some_and(|t| t.elapsed() < DISCOVERY_RETRY_FROM_REQUEST) {
-            return Err(OidcError::Unavailable("discovery has not succeeded yet".into()));
+            return Err(OidcError::Unavailable(
+                "discovery has not succeeded yet".into(),
+            ));
         }
         self.discover_locked(&mut last).await?;
-        Ok(self.provider.read().expect("not poisoned").clone().expect("just set"))
+        Ok(self
+            .provider
+            .read()
+            .expect("not poisoned")
+            .clone()
+            .expect("just set"))
     }
 
     /// Refetches the JWKS after an unknown `kid`, at most once per [`JWKS_REFETCH_INTERVAL`].
@@ -279,7 +305,10 @@ impl Oidc {
             if !Arc::ptr_eq(current, seen) {
                 return true; // someone else refreshed while we waited
             }
-            if current.fetched_jwks_at.elapsed() < JWKS_REFETCH_INTERVAL {
+            if current
+                .refetched_jwks_at
+                .is_some_and(|t| t.elapsed() < JWKS_REFETCH_INTERVAL)
+            {
                 return false;
             }
         }
@@ -288,13 +317,17 @@ impl Oidc {
                 let metadata = seen.metadata.clone().set_jwks(jwks);
                 *self.provider.write().expect("not poisoned") = Some(Arc::new(Provider {
                     metadata,
-                    fetched_jwks_at: Instant::now(),
+                    refetched_jwks_at: Some(Instant::now()),
                 }));
                 tracing::info!("Refetched the provider's JWKS after an unknown key id");
                 true
             }
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "JWKS refetch failed");
+                *self.provider.write().expect("not poisoned") = Some(Arc::new(Provider {
+                    metadata: seen.metadata.clone(),
+                    refetched_jwks_at: Some(Instant::now()),
+                }));
                 false
             }
         }
@@ -307,17 +340,22 @@ impl Oidc {
             Some(self.client_secret.clone()),
         )
         .set_redirect_uri(self.redirect_url.clone());
-        // client_secret_basic unless the provider supports only client_secret_post.
-        let methods = provider.metadata.token_endpoint_auth_methods_supported();
-        let post_only = methods.is_some_and(|m| {
-            m.contains(&CoreClientAuthMethod::ClientSecretPost)
-                && !m.contains(&CoreClientAuthMethod::ClientSecretBasic)
-        });
-        if post_only {
+        if self.uses_client_secret_post(provider) {
             client.set_auth_type(AuthType::RequestBody)
         } else {
             client
         }
+    }
+
+    /// client_secret_basic unless the provider supports only client_secret_post.
+    fn uses_client_secret_post(&self, provider: &Provider) -> bool {
+        provider
+            .metadata
+            .token_endpoint_auth_methods_supported()
+            .is_some_and(|m| {
+                m.contains(&CoreClientAuthMethod::ClientSecretPost)
+                    && !m.contains(&CoreClientAuthMethod::ClientSecretBasic)
+            })
     }
 
     /// Signature algorithms we accept: what the provider advertises, minus `none` and HMAC
@@ -458,14 +496,18 @@ impl Oidc {
             let result = match nonce {
                 Some(n) => id_token.claims(&verifier, n).cloned(),
                 // Refreshed ID tokens carry no new nonce (OIDC Core 12.2).
-                None => id_token.claims(&verifier, |_: Option<&Nonce>| Ok(())).cloned(),
+                None => id_token
+                    .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+                    .cloned(),
             };
             match result {
                 Ok(claims) => {
-                    if let Some(azp) = claims.authorized_party() {
-                        if azp.as_str() != self.client_id.as_str() {
-                            return Err(OidcError::InvalidToken("ID token `azp` is not this client".into()));
-                        }
+                    if let Some(azp) = claims.authorized_party()
+                        && azp.as_str() != self.client_id.as_str()
+                    {
+                        return Err(OidcError::InvalidToken(
+                            "ID token `azp` is not this client".into(),
+                        ));
                     }
                     if let Some(expected) = claims.access_token_hash() {
                         let actual = id_token
@@ -535,7 +577,10 @@ impl Oidc {
     }
 
     /// RFC 7009: revokes a token at the provider, if it has a revocation endpoint.
-    pub async fn revoke(&self, token: CoreRevocableToken) -> Result<(), OidcError> {
+    ///
+    /// Sent directly rather than through `oauth2`, which refuses plain-http endpoints and so
+    /// could not talk to a local development provider.
+    pub async fn revoke(&self, token: &SecretString, hint: &str) -> Result<(), OidcError> {
         let provider = self.provider().await?;
         let Some(url) = provider
             .metadata
@@ -546,18 +591,44 @@ impl Oidc {
         else {
             return Ok(());
         };
-        self.client(&provider)
-            .set_revocation_url(url)
-            .revoke_token(token)
-            .map_err(|e| OidcError::InvalidResponse(e.to_string()))?
-            .request_async(&self.http)
+        let form = [("token", token.expose_secret()), ("token_type_hint", hint)];
+        let request = self.http.post(url.url().clone());
+        let request = if self.uses_client_secret_post(&provider) {
+            request.form(&[
+                form[0],
+                form[1],
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.secret()),
+            ])
+        } else {
+            request
+                .basic_auth(
+                    form_encode(self.client_id.as_str()),
+                    Some(form_encode(self.client_secret.secret())),
+                )
+                .form(&form)
+        };
+        let response = request
+            .send()
             .await
-            .map_err(|e| OidcError::Unavailable(error_chain(&e)))
+            .map_err(|e| OidcError::Unavailable(error_chain(&e)))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(OidcError::InvalidResponse(format!(
+                "revocation answered {}",
+                response.status()
+            )))
+        }
     }
 
     /// Where to send the browser after logging out: the provider's `end_session_endpoint`
     /// (RP-initiated logout) when it has one.
-    pub async fn end_session_url(&self, id_token: Option<&SecretString>, state: &str) -> Option<Url> {
+    pub async fn end_session_url(
+        &self,
+        id_token: Option<&SecretString>,
+        state: &str,
+    ) -> Option<Url> {
         let provider = self.provider().await.ok()?;
         let endpoint = provider
             .metadata
@@ -568,10 +639,10 @@ impl Oidc {
             .set_client_id(self.client_id.clone())
             .set_post_logout_redirect_uri(self.post_logout_redirect_url.clone())
             .set_state(CsrfToken::new(state.to_owned()));
-        if let Some(raw) = id_token {
-            if let Ok(token) = raw.expose_secret().parse::<ShopIdToken>() {
-                request = request.set_id_token_hint(&token);
-            }
+        if let Some(raw) = id_token
+            && let Ok(token) = raw.expose_secret().parse::<ShopIdToken>()
+        {
+            request = request.set_id_token_hint(&token);
         }
         Some(request.http_get_url())
     }
@@ -613,24 +684,40 @@ impl Oidc {
                 )) if !refetched => {
                     refetched = true;
                     if !self.refetch_jwks(&provider).await {
-                        return Err(OidcError::InvalidToken("logout_token signed with an unknown key".into()));
+                        return Err(OidcError::InvalidToken(
+                            "logout_token signed with an unknown key".into(),
+                        ));
                     }
                     provider = self.provider().await?;
                 }
-                Err(e) => return Err(OidcError::InvalidToken(format!("logout_token rejected: {e}"))),
+                Err(e) => {
+                    return Err(OidcError::InvalidToken(format!(
+                        "logout_token rejected: {e}"
+                    )));
+                }
             }
         };
         let extra = claims.additional_claims();
         if extra.nonce.is_some() {
-            return Err(OidcError::InvalidToken("a logout token must not contain a nonce".into()));
+            return Err(OidcError::InvalidToken(
+                "a logout token must not contain a nonce".into(),
+            ));
         }
-        if !extra.events.as_ref().is_some_and(|e| e.get(EVENT).is_some_and(|v| v.is_object())) {
-            return Err(OidcError::InvalidToken("logout_token lacks the back-channel logout event".into()));
+        if !extra
+            .events
+            .as_ref()
+            .is_some_and(|e| e.get(EVENT).is_some_and(|v| v.is_object()))
+        {
+            return Err(OidcError::InvalidToken(
+                "logout_token lacks the back-channel logout event".into(),
+            ));
         }
         let sub = Some(claims.subject().as_str().to_owned()).filter(|s| !s.is_empty());
         let sid = extra.sid.clone();
         if sub.is_none() && sid.is_none() {
-            return Err(OidcError::InvalidToken("logout_token names neither `sub` nor `sid`".into()));
+            return Err(OidcError::InvalidToken(
+                "logout_token names neither `sub` nor `sid`".into(),
+            ));
         }
         Ok((sub, sid))
     }
@@ -664,6 +751,11 @@ fn map_token_error<E: std::error::Error + 'static>(
         RequestTokenError::Parse(e, _) => OidcError::InvalidResponse(e.to_string()),
         RequestTokenError::Other(e) => OidcError::InvalidResponse(e),
     }
+}
+
+/// RFC 6749 2.3.1: client credentials are form-encoded before Basic authentication.
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

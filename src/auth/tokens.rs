@@ -52,7 +52,11 @@ pub async fn store_login(
         .and_then(|n| n.get(None))
         .map(|n| n.as_str().to_owned())
         .or_else(|| claims.preferred_username().map(|u| u.as_str().to_owned()));
-    let groups = claims.additional_claims().groups.clone().unwrap_or_default();
+    let groups = claims
+        .additional_claims()
+        .groups
+        .clone()
+        .unwrap_or_default();
     let mut tx = pool.begin().await?;
     let user_id: Uuid = sqlx::query_scalar(
         r#"
@@ -86,8 +90,18 @@ pub async fn store_login(
     .bind(claims.additional_claims().sid.clone())
     .bind(cipher.current_key_id())
     .bind(cipher.encrypt(&tokens.access_token, &aad(token_id, "access")))
-    .bind(tokens.refresh_token.as_ref().map(|t| cipher.encrypt(t, &aad(token_id, "refresh"))))
-    .bind(tokens.id_token.as_ref().map(|t| cipher.encrypt(t, &aad(token_id, "id"))))
+    .bind(
+        tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| cipher.encrypt(t, &aad(token_id, "refresh"))),
+    )
+    .bind(
+        tokens
+            .id_token
+            .as_ref()
+            .map(|t| cipher.encrypt(t, &aad(token_id, "id"))),
+    )
     .bind(expiry(tokens))
     .execute(&mut *tx)
     .await?;
@@ -116,13 +130,18 @@ const SELECT_TOKENS: &str = r#"
 "#;
 
 fn decrypt(cipher: &TokenCipher, row: TokenRow) -> anyhow::Result<StoredTokens> {
-    let open = |column: &str, data: &[u8]| cipher.decrypt(&row.key_id, data, &aad(row.token_id, column));
+    let open =
+        |column: &str, data: &[u8]| cipher.decrypt(&row.key_id, data, &aad(row.token_id, column));
     Ok(StoredTokens {
         token_id: row.token_id,
         user_id: row.user_id,
         subject: row.subject.clone(),
         access_token: open("access", &row.access_token)?,
-        refresh_token: row.refresh_token.as_deref().map(|d| open("refresh", d)).transpose()?,
+        refresh_token: row
+            .refresh_token
+            .as_deref()
+            .map(|d| open("refresh", d))
+            .transpose()?,
         id_token: row.id_token.as_deref().map(|d| open("id", d)).transpose()?,
         access_expires_at: row.access_expires_at,
         refresh_status: row.refresh_status,
@@ -162,8 +181,18 @@ pub async fn save_refreshed(
     .bind(token_id)
     .bind(cipher.current_key_id())
     .bind(cipher.encrypt(&tokens.access_token, &aad(token_id, "access")))
-    .bind(tokens.refresh_token.as_ref().map(|t| cipher.encrypt(t, &aad(token_id, "refresh"))))
-    .bind(tokens.id_token.as_ref().map(|t| cipher.encrypt(t, &aad(token_id, "id"))))
+    .bind(
+        tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| cipher.encrypt(t, &aad(token_id, "refresh"))),
+    )
+    .bind(
+        tokens
+            .id_token
+            .as_ref()
+            .map(|t| cipher.encrypt(t, &aad(token_id, "id"))),
+    )
     .bind(expiry(tokens))
     .execute(&mut *conn)
     .await?;
@@ -247,7 +276,9 @@ pub async fn usable_access_token(
             save_refreshed(&mut tx, cipher, token_id, &tokens).await?;
             tx.commit().await?;
             let mut conn = pool.acquire().await?;
-            load(&mut conn, cipher, token_id).await?.ok_or(AccessError::Gone)
+            load(&mut conn, cipher, token_id)
+                .await?
+                .ok_or(AccessError::Gone)
         }
         Err(e) if e.is_invalid_grant() => {
             mark_needs_login(&mut tx, token_id).await?;

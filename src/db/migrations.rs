@@ -84,7 +84,10 @@ pub async fn revert_last(pool: &PgPool) -> anyhow::Result<Option<MigrationStatus
     let Some(last) = applied.last() else {
         return Ok(None);
     };
-    let target = applied.len().checked_sub(2).map_or(0, |i| applied[i].version);
+    let target = applied
+        .len()
+        .checked_sub(2)
+        .map_or(0, |i| applied[i].version);
     MIGRATOR
         .undo(pool, target)
         .await

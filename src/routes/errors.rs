@@ -61,9 +61,10 @@ pub fn render_error_page<B: MessageBody + 'static>(
     let html = render(res.request(), status, &message);
     let (req, mut response) = res.into_parts();
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -73,32 +74,39 @@ pub fn render_error_page<B: MessageBody + 'static>(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     }
     let response = response.set_body(EitherBody::<B, BoxBody>::right(BoxBody::new(html)));
-    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, response)))
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(
+        req, response,
+    )))
 }
 
 fn render(req: &HttpRequest, status: StatusCode, message: &str) -> String {
+    let Some(state) = req.app_data::<State>() else {
+        return message.to_owned();
+    };
+    let session = crate::session::TypedSession::from_session(req.get_session());
+    render_page(
+        &state.tera,
+        status,
+        message,
+        &Layout::for_error_page(&session),
+    )
+}
+
+fn render_page(tera: &tera::Tera, status: StatusCode, message: &str, layout: &Layout) -> String {
     let page = ErrorPage {
         status: status.as_u16(),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         message: message.to_owned(),
     };
-    let Some(state) = req.app_data::<State>() else {
-        return message.to_owned();
-    };
-    let session = crate::session::TypedSession::from_session(req.get_session());
-    let layout = Layout::for_error_page(&session);
     let mut ctx = match tera::Context::from_serialize(&page) {
         Ok(ctx) => ctx,
         Err(_) => return message.to_owned(),
     };
-    ctx.insert("layout", &layout);
-    state
-        .tera
-        .render("error.html", &ctx)
-        .unwrap_or_else(|e| {
-            tracing::error!(error = ?e, "Rendering the error page failed");
-            message.to_owned()
-        })
+    ctx.insert("layout", layout);
+    tera.render("error.html", &ctx).unwrap_or_else(|e| {
+        tracing::error!(error = ?e, "Rendering the error page failed");
+        message.to_owned()
+    })
 }
 
 pub async fn not_found() -> Result<HttpResponse, AppError> {
@@ -120,4 +128,78 @@ pub fn bad_form(err: error::UrlencodedError, _req: &HttpRequest) -> actix_web::E
 /// Used by the few handlers that answer a bare status.
 pub fn status_page(status: StatusCode) -> HttpResponse {
     HttpResponse::build(status).finish()
+}
+
+/// Longest query string accepted; anything longer is an attack or a bug (414).
+const MAX_QUERY_LEN: usize = 8 * 1024;
+
+/// Rejects oversized query strings before any handler or session load runs.
+pub async fn limit_query_length(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<BoxBody, impl MessageBody>>, actix_web::Error> {
+    if req.query_string().len() > MAX_QUERY_LEN {
+        let mut response = HttpResponse::build(StatusCode::URI_TOO_LONG).finish();
+        response
+            .extensions_mut()
+            .insert(ErrorMessage("The address is too long.".into()));
+        return Ok(req.into_response(response).map_into_left_body());
+    }
+    next.call(req).await.map(|r| r.map_into_right_body())
+}
+
+/// An error page rendered ahead of time, for errors that escape the handlers as `Err` (a
+/// session that could not be loaded or saved): actix turns those into responses itself.
+#[derive(Debug)]
+struct RenderedError {
+    status: StatusCode,
+    html: String,
+}
+
+impl std::fmt::Display for RenderedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.status)
+    }
+}
+
+impl error::ResponseError for RenderedError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        response
+            .content_type("text/html; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "5"));
+        }
+        response.body(self.html.clone())
+    }
+}
+
+/// Renders errors from inner middleware (the session store) with the shared error page;
+/// Postgres being unreachable becomes a 503.
+pub async fn errors_to_responses(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let state = req.app_data::<State>().cloned();
+    match next.call(req).await {
+        Ok(response) => Ok(response),
+        Err(err) => {
+            let status = if err.to_string() == StoreUnavailable.to_string() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                err.as_response_error().status_code()
+            };
+            let message = default_message(status);
+            let html = match &state {
+                Some(state) => render_page(&state.tera, status, message, &Layout::anonymous()),
+                None => message.to_owned(),
+            };
+            Err(RenderedError { status, html }.into())
+        }
+    }
 }

@@ -17,7 +17,11 @@ pub async fn health_check(state: State) -> HttpResponse {
         sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
     )
     .await;
-    let provider = if state.oidc.is_ready() { "ok" } else { "unavailable" };
+    let provider = if state.oidc.is_ready() {
+        "ok"
+    } else {
+        "unavailable"
+    };
     match db {
         Ok(Ok(_)) => HttpResponse::Ok().json(json!({
             "status": "ok", "database": "ok", "identity_provider": provider,

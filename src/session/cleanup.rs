@@ -109,7 +109,11 @@ pub async fn run_until_stopped(
         }
         match delete_expired(&pool, batch).await {
             Ok(r) if r.sessions > 0 || r.tokens > 0 => {
-                tracing::info!(sessions = r.sessions, tokens = r.tokens, "Deleted expired sessions");
+                tracing::info!(
+                    sessions = r.sessions,
+                    tokens = r.tokens,
+                    "Deleted expired sessions"
+                );
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "Session cleanup failed; will retry"),

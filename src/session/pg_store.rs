@@ -117,6 +117,7 @@ fn hash(key: &SessionKey) -> Vec<u8> {
 
 /// Wraps connection failures in [`StoreUnavailable`] so callers can tell them apart.
 fn classify(err: sqlx::Error) -> anyhow::Error {
+    tracing::warn!(error = ?err, "Session store query failed");
     if crate::db::is_unavailable(&err) {
         anyhow::Error::new(err).context(StoreUnavailable)
     } else {
@@ -170,8 +171,8 @@ impl SessionStore for PgSessionStore {
         .map_err(|e| LoadError::Other(classify(e)))?;
 
         let Some(row) = row else { return Ok(None) };
-        let mut state: State = serde_json::from_value(row.state)
-            .map_err(|e| LoadError::Deserialization(e.into()))?;
+        let mut state: State =
+            serde_json::from_value(row.state).map_err(|e| LoadError::Deserialization(e.into()))?;
         state.remove(AUTH_KEY);
         match (row.user_id, row.token_id, row.access_expires_at) {
             (Some(user_id), Some(token_id), Some(access_expires_at)) => {
@@ -239,7 +240,11 @@ impl SessionStore for PgSessionStore {
         }
     }
 
-    async fn update_ttl(&self, session_key: &SessionKey, _ttl: &CookieDuration) -> anyhow::Result<()> {
+    async fn update_ttl(
+        &self,
+        session_key: &SessionKey,
+        _ttl: &CookieDuration,
+    ) -> anyhow::Result<()> {
         sqlx::query(
             r#"
             UPDATE sessions

@@ -124,7 +124,10 @@ impl TypedSession {
             .unwrap_or_default()
     }
 
-    pub fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SessionGetError> {
+    pub fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, SessionGetError> {
         self.0.get(key)
     }
 

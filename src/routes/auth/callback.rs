@@ -19,7 +19,8 @@ pub struct CallbackQuery {
 
 fn stale_login() -> AppError {
     AppError::Forbidden(
-        "This sign-in link is invalid, was already used or has expired. Please log in again.".into(),
+        "This sign-in link is invalid, was already used or has expired. Please log in again."
+            .into(),
     )
 }
 
@@ -33,7 +34,11 @@ pub async fn login_callback(
     query: web::Query<CallbackQuery>,
 ) -> Result<HttpResponse> {
     let query = query.into_inner();
-    let Some(state_param) = query.state.as_deref().filter(|s| !s.is_empty() && s.len() <= 512) else {
+    let Some(state_param) = query
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty() && s.len() <= 512)
+    else {
         if let Some(error) = query.error {
             return Err(provider_said_no(&error, query.error_description.as_deref()));
         }
@@ -48,18 +53,20 @@ pub async fn login_callback(
         return Err(provider_said_no(&error, query.error_description.as_deref()));
     }
     // RFC 9207: an `iss` that is not our provider means a mix-up attack.
-    if let Some(iss) = &query.iss {
-        if iss.trim_end_matches('/') != state.oidc.issuer().trim_end_matches('/') {
-            tracing::warn!("Callback `iss` does not match the configured issuer");
-            return Err(AppError::Forbidden(
-                "The sign-in response came from an unexpected identity provider.".into(),
-            ));
-        }
+    if let Some(iss) = &query.iss
+        && iss.trim_end_matches('/') != state.oidc.issuer().trim_end_matches('/')
+    {
+        tracing::warn!("Callback `iss` does not match the configured issuer");
+        return Err(AppError::Forbidden(
+            "The sign-in response came from an unexpected identity provider.".into(),
+        ));
     }
     let code = query
         .code
         .filter(|c| !c.is_empty() && c.len() <= 2048)
-        .ok_or_else(|| AppError::BadRequest("The sign-in response has no authorization code.".into()))?;
+        .ok_or_else(|| {
+            AppError::BadRequest("The sign-in response has no authorization code.".into())
+        })?;
     let tokens = state
         .oidc
         .exchange_code(code, &login)

@@ -1,7 +1,4 @@
 use actix_web::{HttpResponse, web};
-use openidconnect::core::CoreRevocableToken;
-use openidconnect::{AccessToken, RefreshToken};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use super::login::redirect;
@@ -47,16 +44,12 @@ pub async fn log_out(
         .await;
     let oidc = state.oidc.clone();
     tokio::spawn(async move {
-        if let Some(refresh) = &stored.refresh_token {
-            let token = CoreRevocableToken::from(RefreshToken::new(refresh.expose_secret().to_owned()));
-            if let Err(e) = oidc.revoke(token).await {
-                tracing::warn!(error = %e, "Refresh token revocation failed");
-            }
+        if let Some(refresh) = &stored.refresh_token
+            && let Err(e) = oidc.revoke(refresh, "refresh_token").await
+        {
+            tracing::warn!(error = %e, "Refresh token revocation failed");
         }
-        let token = CoreRevocableToken::from(AccessToken::new(
-            stored.access_token.expose_secret().to_owned(),
-        ));
-        if let Err(e) = oidc.revoke(token).await {
+        if let Err(e) = oidc.revoke(&stored.access_token, "access_token").await {
             tracing::warn!(error = %e, "Access token revocation failed");
         }
     });

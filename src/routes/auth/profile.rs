@@ -38,18 +38,32 @@ pub async fn profile_page(state: State, session: TypedSession) -> Result<HttpRes
     let auth = session
         .auth()
         .filter(|a| !a.needs_login())
-        .ok_or(AppError::LoginRequired { return_to: HERE.into() })?;
+        .ok_or(AppError::LoginRequired {
+            return_to: HERE.into(),
+        })?;
     let mut force = false;
     let info = loop {
-        let tokens = usable_access_token(&state.pool, &state.cipher, &state.oidc, auth.token_id, force)
+        let tokens = usable_access_token(
+            &state.pool,
+            &state.cipher,
+            &state.oidc,
+            auth.token_id,
+            force,
+        )
+        .await
+        .map_err(|e| access_error(e, HERE))?;
+        match state
+            .oidc
+            .userinfo(&tokens.access_token, &auth.subject)
             .await
-            .map_err(|e| access_error(e, HERE))?;
-        match state.oidc.userinfo(&tokens.access_token, &auth.subject).await {
+        {
             Ok(info) => break info,
             // The provider no longer accepts the access token: refresh once, then re-login.
             Err(OidcError::Refused { .. }) if !force => force = true,
             Err(OidcError::Refused { .. }) => {
-                return Err(AppError::LoginRequired { return_to: HERE.into() });
+                return Err(AppError::LoginRequired {
+                    return_to: HERE.into(),
+                });
             }
             Err(e) => return Err(super::provider_error(e)),
         }
@@ -70,5 +84,11 @@ pub async fn profile_page(state: State, session: TypedSession) -> Result<HttpRes
         })
         .unwrap_or_default();
     let layout = page_layout(&state, &session);
-    Ok(render(&state.tera, "auth/profile.html", &layout, ProfilePage { claims })?.with_no_store())
+    Ok(render(
+        &state.tera,
+        "auth/profile.html",
+        &layout,
+        ProfilePage { claims },
+    )?
+    .with_no_store())
 }

@@ -1,0 +1,342 @@
+//! A small in-test OpenID provider for fault injection: every token it issues is built by
+//! hand so tests can break any part of it (signature, alg, iss, aud, nonce, exp, kid).
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use rsa::RsaPrivateKey;
+use rsa::pkcs1v15::SigningKey;
+use rsa::signature::{SignatureEncoding, Signer};
+use rsa::traits::PublicKeyParts;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+pub const CLIENT_ID: &str = "storefront-test";
+pub const CLIENT_SECRET: &str = "fake-idp-client-secret";
+
+/// Generating RSA keys is slow: three per test binary, shared.
+static KEYS: LazyLock<Vec<RsaPrivateKey>> = LazyLock::new(|| {
+    (0..3)
+        .map(|_| RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("rsa keygen"))
+        .collect()
+});
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signing {
+    /// Signed with published key `n` (kid `key-n`).
+    Key(usize),
+    /// Signed with an unpublished key that claims kid `key-0`.
+    Forged,
+    /// `alg: none`, no signature.
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub enum TokenEndpoint {
+    Normal,
+    Status(u16),
+    Delay(Duration),
+    Garbage,
+}
+
+/// What the token endpoint answers for one authorization code.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    pub claims: Value,
+    pub signing: Signing,
+}
+
+struct State {
+    published: Vec<usize>,
+    codes: HashMap<String, Grant>,
+    used_codes: Vec<String>,
+    token_endpoint: TokenEndpoint,
+    /// refresh token → (subject, still valid)
+    refresh_tokens: HashMap<String, (String, bool)>,
+    access_tokens: HashMap<String, String>,
+    access_ttl: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeIdp {
+    pub issuer: String,
+    state: Arc<Mutex<State>>,
+    pub token_calls: Arc<AtomicUsize>,
+    pub refresh_calls: Arc<AtomicUsize>,
+    pub revocations: Arc<AtomicUsize>,
+    pub jwks_calls: Arc<AtomicUsize>,
+}
+
+impl FakeIdp {
+    pub async fn start() -> FakeIdp {
+        LazyLock::force(&KEYS);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let state = Arc::new(Mutex::new(State {
+            published: vec![0],
+            codes: HashMap::new(),
+            used_codes: Vec::new(),
+            token_endpoint: TokenEndpoint::Normal,
+            refresh_tokens: HashMap::new(),
+            access_tokens: HashMap::new(),
+            access_ttl: 300,
+        }));
+        let idp = FakeIdp {
+            issuer: issuer.clone(),
+            state: state.clone(),
+            token_calls: Default::default(),
+            refresh_calls: Default::default(),
+            revocations: Default::default(),
+            jwks_calls: Default::default(),
+        };
+        let ctx = web::Data::new(Ctx {
+            issuer,
+            state,
+            token_calls: idp.token_calls.clone(),
+            refresh_calls: idp.refresh_calls.clone(),
+            revocations: idp.revocations.clone(),
+            jwks_calls: idp.jwks_calls.clone(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(ctx.clone())
+                .route(
+                    "/.well-known/openid-configuration",
+                    web::get().to(discovery),
+                )
+                .route("/jwks", web::get().to(jwks))
+                .route("/token", web::post().to(token))
+                .route("/userinfo", web::get().to(userinfo))
+                .route("/revoke", web::post().to(revoke))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        tokio::spawn(server);
+        idp
+    }
+
+    /// Claims of a valid ID token for `sub` answering `nonce`.
+    pub fn valid_claims(&self, sub: &str, nonce: &str) -> Value {
+        let now = chrono::Utc::now().timestamp();
+        json!({
+            "iss": self.issuer, "aud": CLIENT_ID, "sub": sub, "nonce": nonce,
+            "iat": now, "exp": now + 300, "email": format!("{sub}@example.com"),
+            "name": format!("User {sub}"), "groups": ["customers"], "sid": format!("sid-{sub}"),
+        })
+    }
+
+    pub fn add_code(&self, code: &str, grant: Grant) {
+        self.state
+            .lock()
+            .unwrap()
+            .codes
+            .insert(code.to_owned(), grant);
+    }
+
+    pub fn set_token_endpoint(&self, behaviour: TokenEndpoint) {
+        self.state.lock().unwrap().token_endpoint = behaviour;
+    }
+
+    /// Publishes exactly these keys in the JWKS (key rotation).
+    pub fn publish_keys(&self, keys: &[usize]) {
+        self.state.lock().unwrap().published = keys.to_vec();
+    }
+
+    pub fn set_access_ttl(&self, secs: u64) {
+        self.state.lock().unwrap().access_ttl = secs;
+    }
+
+    /// A signed JWT with any header `typ` and claims.
+    pub fn sign(&self, claims: &Value, signing: Signing, typ: &str) -> String {
+        sign(claims, signing, typ)
+    }
+}
+
+struct Ctx {
+    issuer: String,
+    state: Arc<Mutex<State>>,
+    token_calls: Arc<AtomicUsize>,
+    refresh_calls: Arc<AtomicUsize>,
+    revocations: Arc<AtomicUsize>,
+    jwks_calls: Arc<AtomicUsize>,
+}
+
+fn sign(claims: &Value, signing: Signing, typ: &str) -> String {
+    let (alg, kid, key) = match signing {
+        Signing::Key(n) => ("RS256", format!("key-{n}"), Some(&KEYS[n])),
+        Signing::Forged => ("RS256", "key-0".to_owned(), Some(&KEYS[2])),
+        Signing::None => ("none", "key-0".to_owned(), None),
+    };
+    let header = json!({ "alg": alg, "kid": kid, "typ": typ });
+    let input = format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(claims.to_string())
+    );
+    let signature = match key {
+        Some(key) => {
+            let signer = SigningKey::<Sha256>::new(key.clone());
+            B64.encode(signer.sign(input.as_bytes()).to_bytes())
+        }
+        None => String::new(),
+    };
+    format!("{input}.{signature}")
+}
+
+async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
+    let i = &ctx.issuer;
+    HttpResponse::Ok().json(json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/authorize"),
+        "token_endpoint": format!("{i}/token"),
+        "userinfo_endpoint": format!("{i}/userinfo"),
+        "jwks_uri": format!("{i}/jwks"),
+        "revocation_endpoint": format!("{i}/revoke"),
+        "end_session_endpoint": format!("{i}/end-session"),
+        "response_types_supported": ["code"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+    }))
+}
+
+async fn jwks(ctx: web::Data<Ctx>) -> HttpResponse {
+    ctx.jwks_calls.fetch_add(1, Ordering::SeqCst);
+    let published = ctx.state.lock().unwrap().published.clone();
+    let keys: Vec<Value> = published
+        .iter()
+        .map(|&n| {
+            let public = KEYS[n].to_public_key();
+            json!({
+                "kty": "RSA", "use": "sig", "alg": "RS256", "kid": format!("key-{n}"),
+                "n": B64.encode(public.n().to_bytes_be()),
+                "e": B64.encode(public.e().to_bytes_be()),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "keys": keys }))
+}
+
+fn oauth_error(error: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({ "error": error }))
+}
+
+async fn token(
+    ctx: web::Data<Ctx>,
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+) -> HttpResponse {
+    ctx.token_calls.fetch_add(1, Ordering::SeqCst);
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+    );
+    if req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        != Some(expected.as_str())
+    {
+        return HttpResponse::Unauthorized().json(json!({ "error": "invalid_client" }));
+    }
+    let behaviour = ctx.state.lock().unwrap().token_endpoint.clone();
+    match behaviour {
+        TokenEndpoint::Normal => {}
+        TokenEndpoint::Status(code) => {
+            return HttpResponse::build(actix_web::http::StatusCode::from_u16(code).unwrap())
+                .body("upstream trouble");
+        }
+        TokenEndpoint::Delay(d) => tokio::time::sleep(d).await,
+        TokenEndpoint::Garbage => {
+            return HttpResponse::Ok()
+                .content_type("application/json")
+                .body("{\"access_token\": 42");
+        }
+    }
+    let mut state = ctx.state.lock().unwrap();
+    let ttl = state.access_ttl;
+    let (sub, id_token) = match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let code = form.get("code").cloned().unwrap_or_default();
+            if form.get("code_verifier").is_none_or(|v| v.len() < 43) {
+                return oauth_error("invalid_grant");
+            }
+            let Some(grant) = state.codes.remove(&code) else {
+                return oauth_error("invalid_grant");
+            };
+            state.used_codes.push(code);
+            let sub = grant.claims["sub"].as_str().unwrap_or("nobody").to_owned();
+            (sub, sign(&grant.claims, grant.signing, "JWT"))
+        }
+        Some("refresh_token") => {
+            ctx.refresh_calls.fetch_add(1, Ordering::SeqCst);
+            let presented = form.get("refresh_token").cloned().unwrap_or_default();
+            let Some((sub, valid)) = state.refresh_tokens.get(&presented).cloned() else {
+                return oauth_error("invalid_grant");
+            };
+            if !valid {
+                // Reuse of a rotated token: revoke the whole family.
+                for (_, (s, v)) in state.refresh_tokens.iter_mut() {
+                    if *s == sub {
+                        *v = false;
+                    }
+                }
+                return oauth_error("invalid_grant");
+            }
+            state.refresh_tokens.insert(presented, (sub.clone(), false));
+            let now = chrono::Utc::now().timestamp();
+            let claims = json!({
+                "iss": ctx.issuer, "aud": CLIENT_ID, "sub": sub, "iat": now, "exp": now + 300,
+            });
+            (sub, sign(&claims, Signing::Key(state.published[0]), "JWT"))
+        }
+        _ => return oauth_error("unsupported_grant_type"),
+    };
+    let access = format!("at-{}", uuid::Uuid::new_v4());
+    let refresh = format!("rt-{}", uuid::Uuid::new_v4());
+    state.access_tokens.insert(access.clone(), sub.clone());
+    state.refresh_tokens.insert(refresh.clone(), (sub, true));
+    HttpResponse::Ok().json(json!({
+        "access_token": access, "token_type": "Bearer", "expires_in": ttl,
+        "refresh_token": refresh, "id_token": id_token,
+    }))
+}
+
+async fn userinfo(ctx: web::Data<Ctx>, req: HttpRequest) -> HttpResponse {
+    let token = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_owned();
+    let sub = ctx.state.lock().unwrap().access_tokens.get(&token).cloned();
+    match sub {
+        Some(sub) => HttpResponse::Ok().json(json!({
+            "sub": sub, "email": format!("{sub}@example.com"), "name": format!("User {sub}"),
+        })),
+        None => HttpResponse::Unauthorized().finish(),
+    }
+}
+
+async fn revoke(ctx: web::Data<Ctx>, form: web::Form<HashMap<String, String>>) -> HttpResponse {
+    ctx.revocations.fetch_add(1, Ordering::SeqCst);
+    let mut state = ctx.state.lock().unwrap();
+    if let Some(t) = form.get("token") {
+        state.access_tokens.remove(t);
+        if let Some(entry) = state.refresh_tokens.get_mut(t) {
+            entry.1 = false;
+        }
+    }
+    HttpResponse::Ok().finish()
+}

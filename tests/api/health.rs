@@ -1,0 +1,90 @@
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{TcpProxy, spawn_app, spawn_app_with};
+
+#[sqlx::test]
+async fn health_is_ok_when_postgres_answers(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    let response = app.get("/health").await;
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["identity_provider"], "ok");
+}
+
+#[sqlx::test]
+async fn health_is_503_within_two_seconds_when_postgres_is_unreachable(
+    opts: PgPoolOptions,
+    _db: PgConnectOptions,
+) {
+    // Nothing listens on port 1.
+    let unreachable = PgConnectOptions::new().host("127.0.0.1").port(1);
+    let app = spawn_app_with(opts, unreachable, |_| {}).await;
+    let started = std::time::Instant::now();
+    let response = app.get("/health").await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert!(elapsed.as_secs_f64() < 2.5, "took {elapsed:?}");
+}
+
+#[sqlx::test]
+async fn a_postgres_outage_gives_503s_and_loses_no_session(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let proxy = TcpProxy::start(db.get_host(), db.get_port()).await;
+    let via_proxy = db.clone().host("127.0.0.1").port(proxy.port());
+    let app = spawn_app_with(opts, via_proxy, |_| {}).await;
+    assert_eq!(app.login_as("alice").await.status().as_u16(), 303);
+
+    proxy.set_down(true);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let response = app.get("/").await;
+    assert_eq!(response.status().as_u16(), 503, "fail fast, not 500");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("temporarily unavailable")
+    );
+    assert_eq!(app.get("/health").await.status().as_u16(), 503);
+
+    proxy.set_down(false);
+    let html = app.get("/").await.text().await.unwrap();
+    assert!(
+        html.contains("User alice"),
+        "the session survived the outage"
+    );
+    assert_eq!(app.get("/health").await.status().as_u16(), 200);
+}
+
+#[sqlx::test]
+async fn unknown_pages_get_the_shared_404_page(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    let response = app.get("/no/such/page").await;
+    assert_eq!(response.status().as_u16(), 404);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("does not exist"));
+    assert!(
+        html.contains("/static/css/site.css"),
+        "rendered in the layout"
+    );
+}
+
+#[sqlx::test]
+async fn static_files_are_served_with_cache_headers(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    let response = app.get("/static/css/site.css").await;
+    assert_eq!(response.status().as_u16(), 200);
+    let cache = response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cache.contains("max-age"), "{cache}");
+    assert!(response.headers().contains_key("etag"));
+}

@@ -1,0 +1,295 @@
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use rand::RngCore;
+use reqwest::Url;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use storefront::configuration::{Settings, get_configuration_with};
+use storefront::startup::Application;
+
+use crate::fake_idp::{CLIENT_ID, CLIENT_SECRET, FakeIdp, Grant, Signing};
+
+pub fn random_b64(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    STANDARD.encode(bytes)
+}
+
+pub fn config_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+pub fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Test settings with fresh random secrets, pointed at `issuer`.
+pub fn test_settings(issuer: &str, client_id: &str, client_secret: &str) -> Settings {
+    get_configuration_with(
+        &config_dir(),
+        Some("test"),
+        &[
+            ("database.url", base_database_url()),
+            ("oidc.issuer_url", issuer.to_owned()),
+            ("oidc.client_id", client_id.to_owned()),
+            ("oidc.client_secret", client_secret.to_owned()),
+            ("session.secret_key", random_b64(64)),
+            ("tokens.encryption_key", random_b64(32)),
+            (
+                "server.templates_dir",
+                config_dir().join("../templates").display().to_string(),
+            ),
+            (
+                "server.static_dir",
+                config_dir().join("../static").display().to_string(),
+            ),
+        ],
+    )
+    .expect("test configuration")
+}
+
+#[derive(Clone)]
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    pub idp: FakeIdp,
+    pub settings: Settings,
+}
+
+pub fn browser_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
+pub async fn spawn_app(pool_opts: PgPoolOptions, db: PgConnectOptions) -> TestApp {
+    spawn_app_with(pool_opts, db, |_| {}).await
+}
+
+pub async fn spawn_app_with(
+    pool_opts: PgPoolOptions,
+    db: PgConnectOptions,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        storefront::telemetry::init("pretty");
+    }
+    let idp = FakeIdp::start().await;
+    let mut settings = test_settings(&idp.issuer, CLIENT_ID, CLIENT_SECRET);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let address = format!("http://127.0.0.1:{port}");
+    settings.server.public_url = Url::parse(&address).unwrap();
+    customize(&mut settings);
+    let pool = pool_opts
+        .acquire_timeout(settings.database.acquire_timeout())
+        .connect_lazy_with(db);
+    spawn_on(settings, pool, listener, idp).await
+}
+
+pub async fn spawn_on(
+    settings: Settings,
+    pool: PgPool,
+    listener: TcpListener,
+    idp: FakeIdp,
+) -> TestApp {
+    let port = listener.local_addr().unwrap().port();
+    let app = Application::build_on(settings.clone(), pool.clone(), listener)
+        .await
+        .expect("app builds");
+    // Cleanup and refresh are driven by the tests themselves.
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        pool,
+        client: browser_client(),
+        idp,
+        settings,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /login`; returns the provider URL's `state` and `nonce`.
+    pub async fn start_login(&self, return_to: &str) -> (String, String) {
+        let response = self
+            .client
+            .get(self.url("/login"))
+            .query(&[("return_to", return_to)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            302,
+            "login redirects to the provider"
+        );
+        let location = Url::parse(location(&response)).unwrap();
+        let param = |name: &str| {
+            location
+                .query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_else(|| panic!("no {name} in {location}"))
+        };
+        assert_eq!(param("code_challenge_method"), "S256");
+        assert_eq!(param("response_type"), "code");
+        (param("state"), param("nonce"))
+    }
+
+    pub async fn callback(&self, query: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .get(self.url("/callback"))
+            .query(query)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A complete login as `sub` through the fake provider; returns the callback response.
+    pub async fn login_as(&self, sub: &str) -> reqwest::Response {
+        let (state, nonce) = self.start_login("/profile").await;
+        let code = format!("code-{}", uuid::Uuid::new_v4());
+        self.idp.add_code(
+            &code,
+            Grant {
+                claims: self.idp.valid_claims(sub, &nonce),
+                signing: Signing::Key(0),
+            },
+        );
+        self.callback(&[
+            ("code", &code),
+            ("state", &state),
+            ("iss", &self.idp.issuer),
+        ])
+        .await
+    }
+
+    pub async fn logged_in_sessions(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM sessions WHERE token_id IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The CSRF token from the page's logout form.
+    pub async fn csrf_token(&self) -> String {
+        let html = self.get("/").await.text().await.unwrap();
+        let doc = scraper::Html::parse_document(&html);
+        let sel = scraper::Selector::parse("input[name=csrf_token]").unwrap();
+        doc.select(&sel)
+            .next()
+            .and_then(|e| e.value().attr("value"))
+            .expect("a csrf token on the page")
+            .to_owned()
+    }
+}
+
+pub fn location(response: &reqwest::Response) -> &str {
+    response
+        .headers()
+        .get("location")
+        .expect("a Location header")
+        .to_str()
+        .unwrap()
+}
+
+pub fn assert_redirect_to(response: &reqwest::Response, expected: &str) {
+    assert!(
+        response.status().is_redirection(),
+        "expected a redirect, got {}",
+        response.status()
+    );
+    assert_eq!(location(response), expected);
+}
+
+/// A TCP proxy in front of Postgres that a test can take down and bring back, to simulate
+/// an outage without touching the shared server.
+pub struct TcpProxy {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TcpProxy {
+    pub async fn start(host: &str, port: u16) -> TcpProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let generation = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let target = format!(
+            "{}:{port}",
+            if host.starts_with('/') {
+                "127.0.0.1"
+            } else {
+                host
+            }
+        );
+        let (d, g) = (down.clone(), generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if d.load(Ordering::SeqCst) {
+                    continue; // dropped: connection refused-ish
+                }
+                let target = target.clone();
+                let (d, g) = (d.clone(), g.clone());
+                let born = g.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let watch = async {
+                        while !d.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                    };
+                    tokio::select! { _ = copy => {}, _ = watch => {} }
+                });
+            }
+        });
+        TcpProxy {
+            port: local,
+            down,
+            generation,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Down: open connections are cut and new ones are closed at once.
+    pub fn set_down(&self, down: bool) {
+        use std::sync::atomic::Ordering;
+        self.down.store(down, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,256 @@
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::sync::atomic::Ordering;
+
+use crate::fake_idp::Signing;
+use crate::helpers::{assert_redirect_to, location, spawn_app};
+
+#[sqlx::test]
+async fn login_redirects_to_the_provider_with_state_nonce_and_pkce(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    let response = app.get("/login?return_to=/profile").await;
+    assert_eq!(response.status().as_u16(), 302);
+    let url = reqwest::Url::parse(location(&response)).unwrap();
+    assert!(
+        url.as_str()
+            .starts_with(&format!("{}/authorize", app.idp.issuer))
+    );
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert!(
+        q["state"].len() >= 22 && q["nonce"].len() >= 22,
+        "≥ 128 bits each"
+    );
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["client_id"], crate::fake_idp::CLIENT_ID);
+    assert!(q["scope"].split(' ').any(|s| s == "openid"));
+    // Nothing secret in the cookie: it is an opaque key.
+    let cookie = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains(&q["state"]) && !cookie.contains(&q["nonce"]));
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"));
+}
+
+#[sqlx::test]
+async fn a_full_login_stores_encrypted_tokens_and_returns_to_the_page(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    let response = app.login_as("alice").await;
+    assert_redirect_to(&response, "/profile");
+    assert_eq!(app.logged_in_sessions().await, 1);
+
+    let (sub, groups): (String, Vec<String>) = sqlx::query_as("SELECT subject, groups FROM users")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(sub, "alice");
+    assert_eq!(groups, vec!["customers"]);
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, '|') FROM oauth_tokens t")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        !dump.contains("at-") && !dump.contains("rt-"),
+        "tokens are encrypted at rest"
+    );
+
+    let profile = app.get("/profile").await;
+    assert_eq!(profile.status().as_u16(), 200);
+    assert_eq!(profile.headers()["cache-control"], "no-store");
+    let html = profile.text().await.unwrap();
+    assert!(html.contains("alice@example.com"), "claims from userinfo");
+}
+
+#[sqlx::test]
+async fn several_tabs_can_log_in_at_once(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    let (state_a, nonce_a) = app.start_login("/a").await;
+    let (state_b, nonce_b) = app.start_login("/b").await;
+    app.idp.add_code(
+        "code-b",
+        crate::fake_idp::Grant {
+            claims: app.idp.valid_claims("bob", &nonce_b),
+            signing: Signing::Key(0),
+        },
+    );
+    assert_redirect_to(
+        &app.callback(&[("code", "code-b"), ("state", &state_b)])
+            .await,
+        "/b",
+    );
+    // The first tab's login is still pending, and still completes.
+    app.idp.add_code(
+        "code-a",
+        crate::fake_idp::Grant {
+            claims: app.idp.valid_claims("bob", &nonce_a),
+            signing: Signing::Key(0),
+        },
+    );
+    assert_redirect_to(
+        &app.callback(&[("code", "code-a"), ("state", &state_a)])
+            .await,
+        "/a",
+    );
+}
+
+#[sqlx::test]
+async fn profile_requires_login(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    assert_redirect_to(&app.get("/profile").await, "/login?return_to=%2Fprofile");
+}
+
+#[sqlx::test]
+async fn profile_refreshes_an_expired_access_token_once(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    app.idp.set_access_ttl(1);
+    app.login_as("alice").await;
+    assert_eq!(
+        app.get("/profile").await.status().as_u16(),
+        200,
+        "inline refresh"
+    );
+    assert_eq!(app.idp.refresh_calls.load(Ordering::SeqCst), 1);
+}
+
+#[sqlx::test]
+async fn logout_needs_a_csrf_token(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    app.login_as("alice").await;
+    let response = app.post_form("/logout", &[("csrf_token", "forged")]).await;
+    assert_eq!(response.status().as_u16(), 403);
+    let response = app.post_form("/logout", &[]).await;
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(app.logged_in_sessions().await, 1, "still logged in");
+}
+
+#[sqlx::test]
+async fn logout_revokes_deletes_and_goes_to_the_end_session_endpoint(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    app.login_as("alice").await;
+    let csrf = app.csrf_token().await;
+    let response = app.post_form("/logout", &[("csrf_token", &csrf)]).await;
+    assert_eq!(response.status().as_u16(), 303);
+    let url = reqwest::Url::parse(location(&response)).unwrap();
+    assert!(
+        url.as_str()
+            .starts_with(&format!("{}/end-session", app.idp.issuer))
+    );
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert!(q.contains_key("id_token_hint") && q.contains_key("state"));
+    assert_eq!(q["post_logout_redirect_uri"], format!("{}/", app.address));
+    assert_eq!(app.logged_in_sessions().await, 0);
+    let tokens: i64 = sqlx::query_scalar("SELECT count(*) FROM oauth_tokens")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(tokens, 0);
+    // Revocation runs in the background.
+    for _ in 0..50 {
+        if app.idp.revocations.load(Ordering::SeqCst) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        app.idp.revocations.load(Ordering::SeqCst),
+        2,
+        "refresh and access token"
+    );
+    assert_redirect_to(&app.get("/profile").await, "/login?return_to=%2Fprofile");
+}
+
+fn logout_claims(
+    app: &crate::helpers::TestApp,
+    sub: Option<&str>,
+    sid: Option<&str>,
+) -> serde_json::Value {
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = serde_json::json!({
+        "iss": app.idp.issuer, "aud": crate::fake_idp::CLIENT_ID, "iat": now, "exp": now + 120,
+        "jti": uuid::Uuid::new_v4().to_string(),
+        "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+    });
+    if let Some(sub) = sub {
+        claims["sub"] = sub.into();
+    }
+    if let Some(sid) = sid {
+        claims["sid"] = sid.into();
+    }
+    claims
+}
+
+#[sqlx::test]
+async fn backchannel_logout_ends_the_named_sessions(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    app.login_as("alice").await;
+    let mut bob_app = app.clone();
+    bob_app.client = crate::helpers::browser_client();
+    bob_app.login_as("bob").await;
+    assert_eq!(app.logged_in_sessions().await, 2);
+
+    let token = app.idp.sign(
+        &logout_claims(&app, Some("alice"), Some("sid-alice")),
+        Signing::Key(0),
+        "logout+jwt",
+    );
+    let response = app
+        .post_form("/backchannel-logout", &[("logout_token", &token)])
+        .await;
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        app.logged_in_sessions().await,
+        1,
+        "only alice's session ended"
+    );
+    assert_redirect_to(&app.get("/profile").await, "/login?return_to=%2Fprofile");
+    assert_eq!(bob_app.get("/profile").await.status().as_u16(), 200);
+}
+
+#[sqlx::test]
+async fn invalid_logout_tokens_get_a_400_json_error(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app(opts, db).await;
+    app.login_as("alice").await;
+    let mut with_nonce = logout_claims(&app, Some("alice"), None);
+    with_nonce["nonce"] = "n".into();
+    let mut no_event = logout_claims(&app, Some("alice"), None);
+    no_event["events"] = serde_json::json!({});
+    let mut wrong_aud = logout_claims(&app, Some("alice"), None);
+    wrong_aud["aud"] = "someone-else".into();
+    let cases = [
+        app.idp.sign(&with_nonce, Signing::Key(0), "logout+jwt"),
+        app.idp.sign(&no_event, Signing::Key(0), "logout+jwt"),
+        app.idp.sign(&wrong_aud, Signing::Key(0), "logout+jwt"),
+        app.idp.sign(
+            &logout_claims(&app, None, None),
+            Signing::Key(0),
+            "logout+jwt",
+        ),
+        app.idp.sign(
+            &logout_claims(&app, Some("alice"), None),
+            Signing::Forged,
+            "logout+jwt",
+        ),
+        app.idp.sign(
+            &logout_claims(&app, Some("alice"), None),
+            Signing::None,
+            "logout+jwt",
+        ),
+        "not-a-jwt".to_owned(),
+    ];
+    for token in cases {
+        let response = app
+            .post_form("/backchannel-logout", &[("logout_token", &token)])
+            .await;
+        assert_eq!(response.status().as_u16(), 400, "{token}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request");
+    }
+    let response = app.post_form("/backchannel-logout", &[]).await;
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(app.logged_in_sessions().await, 1, "nothing ended");
+}
