@@ -5,4 +5,5 @@ mod health;
 mod helpers;
 mod login;
 mod migrations;
+mod real_idp;
 mod sessions;

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, lints, and the test suite against a real Postgres and the
+# real local OpenID provider (installed by npm ci).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+eval "$(scripts/postgres.sh)"
+export DATABASE_URL
+scripts/idp.sh install
+
+cargo fmt --check
+cargo clippy --all-targets --quiet -- -D warnings
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi

@@ -1,0 +1,181 @@
+//! End to end against the real local OpenID provider (`idp/`, npm `oidc-provider`), with two
+//! cookie jars as a browser has: one for the shop, one for the provider.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Url;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{TestApp, browser_client, location, random_b64, spawn_on, test_settings};
+
+struct RealIdp {
+    issuer: String,
+    child: Child,
+}
+
+impl Drop for RealIdp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn start_idp(app_base: &str, secret: &str) -> RealIdp {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idp");
+    assert!(
+        dir.join("node_modules/oidc-provider").exists(),
+        "run `scripts/idp.sh install` (npm ci in idp/) first"
+    );
+    let port = free_port();
+    let child = Command::new("node")
+        .arg("server.js")
+        .current_dir(&dir)
+        .env("IDP_PORT", port.to_string())
+        .env("IDP_CLIENT_ID", "storefront")
+        .env("IDP_CLIENT_SECRET", secret)
+        .env("IDP_REDIRECT_URIS", format!("{app_base}/callback"))
+        .env("IDP_POST_LOGOUT_REDIRECT_URIS", format!("{app_base}/"))
+        .env("IDP_BACKCHANNEL_LOGOUT_URI", format!("{app_base}/backchannel-logout"))
+        .env("IDP_LOG_REQUESTS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node runs");
+    let issuer = format!("http://127.0.0.1:{port}");
+    let probe = reqwest::Client::new();
+    for _ in 0..100 {
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        if probe.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return RealIdp { issuer, child };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the local provider did not start");
+}
+
+async fn spawn_with_real_idp(opts: PgPoolOptions, db: PgConnectOptions) -> (TestApp, RealIdp) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let secret = random_b64(24);
+    let idp = start_idp(&base, &secret).await;
+    let mut settings = test_settings(&idp.issuer, "storefront", &secret);
+    settings.server.public_url = Url::parse(&base).unwrap();
+    let pool = opts.connect_lazy_with(db);
+    let fake = crate::fake_idp::FakeIdp::start().await;
+    (spawn_on(settings, pool, listener, fake).await, idp)
+}
+
+/// Follows the provider's redirects with its own cookie jar, logging in with the form when
+/// asked, until the provider sends the browser back to the shop.
+async fn through_provider(provider: &reqwest::Client, start: &str, shop: &str, user: &str) -> String {
+    let mut url = Url::parse(start).unwrap();
+    for _ in 0..10 {
+        if url.as_str().starts_with(shop) {
+            return url.to_string();
+        }
+        let response = provider.get(url.clone()).send().await.unwrap();
+        if response.status().is_redirection() {
+            url = url.join(location(&response)).unwrap();
+            continue;
+        }
+        assert_eq!(response.status().as_u16(), 200, "at {url}");
+        let html = response.text().await.unwrap();
+        assert!(html.contains("id=\"login\""), "a login form at {url}");
+        let action = url.join(&format!("{}/login", url.path())).unwrap();
+        let response = provider
+            .post(action)
+            .form(&[("login", user), ("password", &format!("{user}-password"))])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 303, "login accepted");
+        url = url.join(location(&response)).unwrap();
+    }
+    panic!("the provider never sent the browser back");
+}
+
+async fn log_in(app: &TestApp, idp: &RealIdp, provider: &reqwest::Client, user: &str) {
+    let response = app.get("/login?return_to=/profile").await;
+    assert_eq!(response.status().as_u16(), 302);
+    assert!(location(&response).starts_with(&idp.issuer));
+    let back = through_provider(provider, location(&response), &app.address, user).await;
+    let callback = app.client.get(&back).send().await.unwrap();
+    assert_eq!(callback.status().as_u16(), 303, "callback completes");
+    assert_eq!(location(&callback), "/profile");
+}
+
+#[sqlx::test]
+async fn login_profile_and_logout_against_the_real_provider(opts: PgPoolOptions, db: PgConnectOptions) {
+    let (app, idp) = spawn_with_real_idp(opts, db).await;
+    let provider = browser_client();
+    log_in(&app, &idp, &provider, "alice").await;
+
+    let profile = app.get("/profile").await;
+    assert_eq!(profile.status().as_u16(), 200);
+    let html = profile.text().await.unwrap();
+    assert!(html.contains("alice@example.com"), "userinfo claims shown");
+    let groups: Vec<String> = sqlx::query_scalar("SELECT groups FROM users WHERE subject = 'alice'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(groups, vec!["admins"]);
+
+    let csrf = app.csrf_token().await;
+    let response = app.post_form("/logout", &[("csrf_token", &csrf)]).await;
+    assert_eq!(response.status().as_u16(), 303);
+    let end_session = location(&response).to_owned();
+    assert!(end_session.starts_with(&format!("{}/session/end", idp.issuer)));
+    assert!(end_session.contains("id_token_hint="));
+    assert_eq!(app.logged_in_sessions().await, 0);
+    // The provider shows its own "sign out?" page; the browser confirms it.
+    let page = provider.get(&end_session).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    let doc = scraper::Html::parse_document(&html);
+    let xsrf = doc
+        .select(&scraper::Selector::parse("input[name=xsrf]").unwrap())
+        .next()
+        .and_then(|e| e.value().attr("value"))
+        .expect("the provider's logout form")
+        .to_owned();
+    let confirm = provider
+        .post(format!("{}/session/end/confirm", idp.issuer))
+        .form(&[("xsrf", xsrf.as_str()), ("logout", "yes")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status().as_u16(), 303);
+    assert!(location(&confirm).starts_with(&format!("{}/", app.address)));
+    assert_eq!(
+        location(&app.get("/profile").await),
+        "/login?return_to=%2Fprofile"
+    );
+}
+
+#[sqlx::test]
+async fn the_real_provider_ends_sessions_by_back_channel(opts: PgPoolOptions, db: PgConnectOptions) {
+    let (app, idp) = spawn_with_real_idp(opts, db).await;
+    log_in(&app, &idp, &browser_client(), "bob").await;
+    assert_eq!(app.logged_in_sessions().await, 1);
+    let ended: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/_test/end-sessions?sub=bob", idp.issuer))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended["backchannel_logouts_sent"], 1, "{ended}");
+    assert_eq!(ended["backchannel_logouts_failed"], 0, "{ended}");
+    assert_eq!(app.logged_in_sessions().await, 0);
+    assert_eq!(
+        location(&app.get("/profile").await),
+        "/login?return_to=%2Fprofile"
+    );
+}
