@@ -31,6 +31,23 @@ fn aad(token_id: Uuid, column: &str) -> Vec<u8> {
     format!("{token_id}/{column}").into_bytes()
 }
 
+/// The three tokens of a login, encrypted and bound to their row and column.
+struct Sealed {
+    access: Vec<u8>,
+    refresh: Option<Vec<u8>>,
+    id: Option<Vec<u8>>,
+}
+
+fn seal(cipher: &TokenCipher, token_id: Uuid, tokens: &TokenSet) -> Sealed {
+    let encrypt =
+        |token: &SecretString, column: &str| cipher.encrypt(token, &aad(token_id, column));
+    Sealed {
+        access: encrypt(&tokens.access_token, "access"),
+        refresh: tokens.refresh_token.as_ref().map(|t| encrypt(t, "refresh")),
+        id: tokens.id_token.as_ref().map(|t| encrypt(t, "id")),
+    }
+}
+
 fn expiry(tokens: &TokenSet) -> DateTime<Utc> {
     let ttl = tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TTL);
     Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(5))
@@ -78,6 +95,7 @@ pub async fn store_login(
     .await?;
     tracing::Span::current().record("user_id", tracing::field::display(user_id));
     let token_id = Uuid::now_v7();
+    let sealed = seal(cipher, token_id, tokens);
     sqlx::query(
         r#"
         INSERT INTO oauth_tokens (token_id, user_id, provider_sid, key_id, access_token,
@@ -89,19 +107,9 @@ pub async fn store_login(
     .bind(user_id)
     .bind(claims.additional_claims().sid.clone())
     .bind(cipher.current_key_id())
-    .bind(cipher.encrypt(&tokens.access_token, &aad(token_id, "access")))
-    .bind(
-        tokens
-            .refresh_token
-            .as_ref()
-            .map(|t| cipher.encrypt(t, &aad(token_id, "refresh"))),
-    )
-    .bind(
-        tokens
-            .id_token
-            .as_ref()
-            .map(|t| cipher.encrypt(t, &aad(token_id, "id"))),
-    )
+    .bind(sealed.access)
+    .bind(sealed.refresh)
+    .bind(sealed.id)
     .bind(expiry(tokens))
     .execute(&mut *tx)
     .await?;
@@ -167,6 +175,7 @@ pub async fn save_refreshed(
     token_id: Uuid,
     tokens: &TokenSet,
 ) -> Result<(), sqlx::Error> {
+    let sealed = seal(cipher, token_id, tokens);
     sqlx::query(
         r#"
         UPDATE oauth_tokens
@@ -180,19 +189,9 @@ pub async fn save_refreshed(
     )
     .bind(token_id)
     .bind(cipher.current_key_id())
-    .bind(cipher.encrypt(&tokens.access_token, &aad(token_id, "access")))
-    .bind(
-        tokens
-            .refresh_token
-            .as_ref()
-            .map(|t| cipher.encrypt(t, &aad(token_id, "refresh"))),
-    )
-    .bind(
-        tokens
-            .id_token
-            .as_ref()
-            .map(|t| cipher.encrypt(t, &aad(token_id, "id"))),
-    )
+    .bind(sealed.access)
+    .bind(sealed.refresh)
+    .bind(sealed.id)
     .bind(expiry(tokens))
     .execute(&mut *conn)
     .await?;

@@ -23,7 +23,11 @@ impl Drop for RealIdp {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_idp(app_base: &str, secret: &str) -> RealIdp {
@@ -41,7 +45,10 @@ async fn start_idp(app_base: &str, secret: &str) -> RealIdp {
         .env("IDP_CLIENT_SECRET", secret)
         .env("IDP_REDIRECT_URIS", format!("{app_base}/callback"))
         .env("IDP_POST_LOGOUT_REDIRECT_URIS", format!("{app_base}/"))
-        .env("IDP_BACKCHANNEL_LOGOUT_URI", format!("{app_base}/backchannel-logout"))
+        .env(
+            "IDP_BACKCHANNEL_LOGOUT_URI",
+            format!("{app_base}/backchannel-logout"),
+        )
         .env("IDP_LOG_REQUESTS", "0")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -51,7 +58,12 @@ async fn start_idp(app_base: &str, secret: &str) -> RealIdp {
     let probe = reqwest::Client::new();
     for _ in 0..100 {
         let url = format!("{issuer}/.well-known/openid-configuration");
-        if probe.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+        if probe
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return RealIdp { issuer, child };
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -73,7 +85,12 @@ async fn spawn_with_real_idp(opts: PgPoolOptions, db: PgConnectOptions) -> (Test
 
 /// Follows the provider's redirects with its own cookie jar, logging in with the form when
 /// asked, until the provider sends the browser back to the shop.
-async fn through_provider(provider: &reqwest::Client, start: &str, shop: &str, user: &str) -> String {
+async fn through_provider(
+    provider: &reqwest::Client,
+    start: &str,
+    shop: &str,
+    user: &str,
+) -> String {
     let mut url = Url::parse(start).unwrap();
     for _ in 0..10 {
         if url.as_str().starts_with(shop) {
@@ -111,7 +128,10 @@ async fn log_in(app: &TestApp, idp: &RealIdp, provider: &reqwest::Client, user: 
 }
 
 #[sqlx::test]
-async fn login_profile_and_logout_against_the_real_provider(opts: PgPoolOptions, db: PgConnectOptions) {
+async fn login_profile_and_logout_against_the_real_provider(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
     let (app, idp) = spawn_with_real_idp(opts, db).await;
     let provider = browser_client();
     log_in(&app, &idp, &provider, "alice").await;
@@ -120,10 +140,11 @@ async fn login_profile_and_logout_against_the_real_provider(opts: PgPoolOptions,
     assert_eq!(profile.status().as_u16(), 200);
     let html = profile.text().await.unwrap();
     assert!(html.contains("alice@example.com"), "userinfo claims shown");
-    let groups: Vec<String> = sqlx::query_scalar("SELECT groups FROM users WHERE subject = 'alice'")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let groups: Vec<String> =
+        sqlx::query_scalar("SELECT groups FROM users WHERE subject = 'alice'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(groups, vec!["admins"]);
 
     let csrf = app.csrf_token().await;
@@ -159,7 +180,10 @@ async fn login_profile_and_logout_against_the_real_provider(opts: PgPoolOptions,
 }
 
 #[sqlx::test]
-async fn the_real_provider_ends_sessions_by_back_channel(opts: PgPoolOptions, db: PgConnectOptions) {
+async fn the_real_provider_ends_sessions_by_back_channel(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
     let (app, idp) = spawn_with_real_idp(opts, db).await;
     log_in(&app, &idp, &browser_client(), "bob").await;
     assert_eq!(app.logged_in_sessions().await, 1);

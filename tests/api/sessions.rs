@@ -167,7 +167,7 @@ async fn login_renews_the_session_key_and_the_old_cookie_stops_working(
     db: PgConnectOptions,
 ) {
     let app = spawn_app(opts, db).await;
-    let (state, nonce) = {
+    let (old_cookie, new_cookie) = {
         let response = app.client.get(app.url("/login")).send().await.unwrap();
         let before = session_cookie(&response).expect("a session cookie for the login");
         let url = reqwest::Url::parse(crate::helpers::location(&response)).unwrap();
@@ -192,27 +192,29 @@ async fn login_renews_the_session_key_and_the_old_cookie_stops_working(
         (before, after)
     };
     // The pre-login cookie is worthless now; the new one is logged in.
-    let stranger = browser_client();
-    let html = stranger
+    assert!(
+        home_page_with(&app, &old_cookie)
+            .await
+            .contains("id=\"login-link\"")
+    );
+    assert!(
+        home_page_with(&app, &new_cookie)
+            .await
+            .contains("User alice")
+    );
+}
+
+/// The home page as a browser holding only `cookie` sees it.
+async fn home_page_with(app: &crate::helpers::TestApp, cookie: &str) -> String {
+    browser_client()
         .get(app.url("/"))
-        .header("cookie", &state)
+        .header("cookie", cookie)
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    assert!(html.contains("id=\"login-link\""));
-    let html = stranger
-        .get(app.url("/"))
-        .header("cookie", &nonce)
-        .send()
-        .await
         .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(html.contains("User alice"));
 }
 
 #[sqlx::test]
