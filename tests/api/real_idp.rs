@@ -54,17 +54,21 @@ async fn start_idp(app_base: &str, secret: &str) -> RealIdp {
         .stderr(Stdio::null())
         .spawn()
         .expect("node runs");
-    let issuer = format!("http://127.0.0.1:{port}");
+    // Owned at once, so the process is killed however this function ends.
+    let idp = RealIdp {
+        issuer: format!("http://127.0.0.1:{port}"),
+        child,
+    };
     let probe = reqwest::Client::new();
+    let url = format!("{}/.well-known/openid-configuration", idp.issuer);
     for _ in 0..100 {
-        let url = format!("{issuer}/.well-known/openid-configuration");
         if probe
             .get(&url)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            return RealIdp { issuer, child };
+            return idp;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
