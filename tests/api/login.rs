@@ -254,3 +254,28 @@ async fn invalid_logout_tokens_get_a_400_json_error(opts: PgPoolOptions, db: PgC
     assert_eq!(response.status().as_u16(), 400);
     assert_eq!(app.logged_in_sessions().await, 1, "nothing ended");
 }
+
+#[sqlx::test]
+async fn an_unreachable_provider_leaves_public_pages_up_and_login_answers_503(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = crate::helpers::spawn_app_with(opts, db, |s| {
+        // Nothing listens on port 1.
+        s.oidc.issuer_url = "http://127.0.0.1:1".parse().unwrap();
+    })
+    .await;
+    assert_eq!(app.get("/").await.status().as_u16(), 200);
+    let response = app.get("/login").await;
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("Sign-in is temporarily unavailable")
+    );
+    let health: serde_json::Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["identity_provider"], "unavailable");
+}
