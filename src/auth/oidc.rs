@@ -15,12 +15,13 @@ use openidconnect::core::{
 };
 use openidconnect::{
     AccessToken, AccessTokenHash, AdditionalClaims, AdditionalProviderMetadata, AuthType,
-    AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken, IdTokenClaims, IdTokenFields,
-    IssuerUrl, JsonWebKeySet, LogoutProviderMetadata, LogoutRequest, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl, ProviderMetadata, RedirectUrl,
-    RefreshToken, RequestTokenError, RevocationUrl, Scope, StandardErrorResponse,
-    StandardTokenResponse, SubjectIdentifier, TokenResponse, UserInfoClaims,
+    AuthorizationCode, ClaimsVerificationError, Client, ClientId, ClientSecret, CsrfToken,
+    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdToken, IdTokenClaims,
+    IdTokenFields, IssuerUrl, JsonWebKeySet, LogoutProviderMetadata, LogoutRequest, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, PostLogoutRedirectUrl,
+    ProviderMetadata, RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl, Scope,
+    SignatureVerificationError, StandardErrorResponse, StandardTokenResponse, SubjectIdentifier,
+    TokenResponse, UserInfoClaims,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -433,7 +434,7 @@ impl Oidc {
             .clone();
         let nonce = Nonce::new(login.nonce.clone());
         let claims = self
-            .verify_id_token(provider, &id_token, Some(&nonce), response.access_token())
+            .verify_id_token(&id_token, Some(&nonce), response.access_token())
             .await?;
         Ok(token_set(&response, Some(claims), Some(&id_token)))
     }
@@ -456,7 +457,7 @@ impl Oidc {
         let claims = match response.id_token() {
             Some(id_token) => {
                 let claims = self
-                    .verify_id_token(provider, id_token, None, response.access_token())
+                    .verify_id_token(id_token, None, response.access_token())
                     .await?;
                 if claims.subject().as_str() != subject {
                     return Err(OidcError::InvalidToken(
@@ -470,80 +471,96 @@ impl Oidc {
         Ok(token_set(&response, claims, response.id_token()))
     }
 
+    /// Runs `verify` against the provider's keys. An unknown `kid` refetches the JWKS once
+    /// (rate-limited, see [`Self::refetch_jwks`]) and verifies again, so the provider can
+    /// rotate keys without a restart.
+    async fn verify_with_key_refetch<T>(
+        &self,
+        what: &str,
+        verify: impl Fn(&Provider) -> Result<T, ClaimsVerificationError>,
+    ) -> Result<T, OidcError> {
+        let mut provider = self.provider().await?;
+        let mut refetched = false;
+        loop {
+            match verify(&provider) {
+                Ok(verified) => return Ok(verified),
+                Err(ClaimsVerificationError::SignatureVerification(
+                    SignatureVerificationError::NoMatchingKey,
+                )) if !refetched => {
+                    refetched = true;
+                    if !self.refetch_jwks(&provider).await {
+                        return Err(OidcError::InvalidToken(format!(
+                            "{what} signed with an unknown key"
+                        )));
+                    }
+                    provider = self.provider().await?;
+                }
+                Err(e) => return Err(OidcError::InvalidToken(format!("{what} rejected: {e}"))),
+            }
+        }
+    }
+
+    /// Full ID-token validation; `nonce` is `None` for ID tokens from a refresh.
     async fn verify_id_token(
         &self,
-        mut provider: Arc<Provider>,
         id_token: &ShopIdToken,
         nonce: Option<&Nonce>,
         access_token: &AccessToken,
     ) -> Result<ShopIdTokenClaims, OidcError> {
-        let mut refetched = false;
-        loop {
-            let client = self.client(&provider);
-            let verifier = client
-                .id_token_verifier()
-                .set_allowed_algs(Self::allowed_algs(&provider))
-                .set_issue_time_verifier_fn(|iat| {
-                    let now = chrono::Utc::now();
-                    if iat > now + CLOCK_SKEW {
-                        Err("issued in the future".to_owned())
-                    } else if nonce.is_some() && iat < now - MAX_ID_TOKEN_AGE - CLOCK_SKEW {
-                        Err("issued too long ago".to_owned())
-                    } else {
-                        Ok(())
-                    }
-                });
-            let result = match nonce {
-                Some(n) => id_token.claims(&verifier, n).cloned(),
-                // Refreshed ID tokens carry no new nonce (OIDC Core 12.2).
-                None => id_token
-                    .claims(&verifier, |_: Option<&Nonce>| Ok(()))
-                    .cloned(),
-            };
-            match result {
-                Ok(claims) => {
-                    if let Some(azp) = claims.authorized_party()
-                        && azp.as_str() != self.client_id.as_str()
-                    {
-                        return Err(OidcError::InvalidToken(
-                            "ID token `azp` is not this client".into(),
-                        ));
-                    }
-                    if let Some(expected) = claims.access_token_hash() {
-                        let actual = id_token
-                            .signing_alg()
-                            .and_then(|alg| {
-                                id_token
-                                    .signing_key(&verifier)
-                                    .map(|key| (alg.clone(), key.clone()))
-                            })
-                            .map_err(|e| OidcError::InvalidToken(format!("ID token: {e}")))
-                            .and_then(|(alg, key)| {
-                                AccessTokenHash::from_token(access_token, &alg, &key)
-                                    .map_err(|e| OidcError::InvalidToken(format!("at_hash: {e}")))
-                            })?;
-                        if actual != *expected {
-                            return Err(OidcError::InvalidToken(
-                                "the access token does not match the ID token's at_hash".into(),
-                            ));
+        let (claims, actual_at_hash) = self
+            .verify_with_key_refetch("ID token", |provider| {
+                let client = self.client(provider);
+                let verifier = client
+                    .id_token_verifier()
+                    .set_allowed_algs(Self::allowed_algs(provider))
+                    .set_issue_time_verifier_fn(|iat| {
+                        let now = chrono::Utc::now();
+                        if iat > now + CLOCK_SKEW {
+                            Err("issued in the future".to_owned())
+                        } else if nonce.is_some() && iat < now - MAX_ID_TOKEN_AGE - CLOCK_SKEW {
+                            Err("issued too long ago".to_owned())
+                        } else {
+                            Ok(())
                         }
+                    });
+                let claims = match nonce {
+                    Some(n) => id_token.claims(&verifier, n)?.clone(),
+                    // Refreshed ID tokens carry no new nonce (OIDC Core 12.2).
+                    None => id_token
+                        .claims(&verifier, |_: Option<&Nonce>| Ok(()))?
+                        .clone(),
+                };
+                // The hash needs the key that verified the signature, so it is computed here.
+                let actual_at_hash = match claims.access_token_hash() {
+                    None => None,
+                    Some(_) => {
+                        let alg = id_token
+                            .signing_alg()
+                            .map_err(ClaimsVerificationError::SignatureVerification)?;
+                        let key = id_token
+                            .signing_key(&verifier)
+                            .map_err(ClaimsVerificationError::SignatureVerification)?;
+                        let hash = AccessTokenHash::from_token(access_token, alg, key)
+                            .map_err(|e| ClaimsVerificationError::Other(format!("at_hash: {e}")))?;
+                        Some(hash)
                     }
-                    return Ok(claims);
-                }
-                Err(openidconnect::ClaimsVerificationError::SignatureVerification(
-                    openidconnect::SignatureVerificationError::NoMatchingKey,
-                )) if !refetched => {
-                    refetched = true;
-                    if !self.refetch_jwks(&provider).await {
-                        return Err(OidcError::InvalidToken(
-                            "ID token signed with an unknown key".into(),
-                        ));
-                    }
-                    provider = self.provider().await?;
-                }
-                Err(e) => return Err(OidcError::InvalidToken(format!("ID token rejected: {e}"))),
-            }
+                };
+                Ok((claims, actual_at_hash))
+            })
+            .await?;
+        if let Some(azp) = claims.authorized_party()
+            && azp.as_str() != self.client_id.as_str()
+        {
+            return Err(OidcError::InvalidToken(
+                "ID token `azp` is not this client".into(),
+            ));
         }
+        if claims.access_token_hash() != actual_at_hash.as_ref() {
+            return Err(OidcError::InvalidToken(
+                "the access token does not match the ID token's at_hash".into(),
+            ));
+        }
+        Ok(claims)
     }
 
     /// Calls userinfo; the `sub` must equal the logged-in subject.
@@ -656,47 +673,31 @@ impl Oidc {
         let token: LogoutToken = raw
             .parse()
             .map_err(|_| OidcError::InvalidToken("logout_token is not a JWT".into()))?;
-        let mut provider = self.provider().await?;
-        let mut refetched = false;
-        let claims = loop {
-            let client = self.client(&provider);
-            let verifier = client
-                .id_token_verifier()
-                .set_allowed_algs(Self::allowed_algs(&provider))
-                .set_allowed_jose_types(
-                    openidconnect::JsonWebTokenType::new("logout+jwt".into()).normalize(),
-                )
-                .set_issue_time_verifier_fn(|iat| {
-                    let now = chrono::Utc::now();
-                    if iat > now + CLOCK_SKEW || iat < now - MAX_ID_TOKEN_AGE - CLOCK_SKEW {
-                        Err("logout token iat out of range".into())
-                    } else {
-                        Ok(())
-                    }
-                });
-            match token.claims(&verifier, |n: Option<&Nonce>| match n {
-                None => Ok(()),
-                Some(_) => Err("a logout token must not contain a nonce".to_owned()),
-            }) {
-                Ok(claims) => break claims.clone(),
-                Err(openidconnect::ClaimsVerificationError::SignatureVerification(
-                    openidconnect::SignatureVerificationError::NoMatchingKey,
-                )) if !refetched => {
-                    refetched = true;
-                    if !self.refetch_jwks(&provider).await {
-                        return Err(OidcError::InvalidToken(
-                            "logout_token signed with an unknown key".into(),
-                        ));
-                    }
-                    provider = self.provider().await?;
-                }
-                Err(e) => {
-                    return Err(OidcError::InvalidToken(format!(
-                        "logout_token rejected: {e}"
-                    )));
-                }
-            }
-        };
+        let claims = self
+            .verify_with_key_refetch("logout_token", |provider| {
+                let client = self.client(provider);
+                let verifier = client
+                    .id_token_verifier()
+                    .set_allowed_algs(Self::allowed_algs(provider))
+                    .set_allowed_jose_types(
+                        openidconnect::JsonWebTokenType::new("logout+jwt".into()).normalize(),
+                    )
+                    .set_issue_time_verifier_fn(|iat| {
+                        let now = chrono::Utc::now();
+                        if iat > now + CLOCK_SKEW || iat < now - MAX_ID_TOKEN_AGE - CLOCK_SKEW {
+                            Err("logout token iat out of range".into())
+                        } else {
+                            Ok(())
+                        }
+                    });
+                token
+                    .claims(&verifier, |n: Option<&Nonce>| match n {
+                        None => Ok(()),
+                        Some(_) => Err("a logout token must not contain a nonce".to_owned()),
+                    })
+                    .cloned()
+            })
+            .await?;
         let extra = claims.additional_claims();
         if extra.nonce.is_some() {
             return Err(OidcError::InvalidToken(
