@@ -169,13 +169,15 @@ pub async fn load(
 }
 
 /// Writes refreshed tokens; a refresh answer without a new refresh token keeps the old one.
+/// Returns the access token's new expiry.
 pub async fn save_refreshed(
     conn: &mut PgConnection,
     cipher: &TokenCipher,
     token_id: Uuid,
     tokens: &TokenSet,
-) -> Result<(), sqlx::Error> {
+) -> Result<DateTime<Utc>, sqlx::Error> {
     let sealed = seal(cipher, token_id, tokens);
+    let access_expires_at = expiry(tokens);
     sqlx::query(
         r#"
         UPDATE oauth_tokens
@@ -192,10 +194,10 @@ pub async fn save_refreshed(
     .bind(sealed.access)
     .bind(sealed.refresh)
     .bind(sealed.id)
-    .bind(expiry(tokens))
+    .bind(access_expires_at)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(access_expires_at)
 }
 
 pub async fn mark_needs_login(conn: &mut PgConnection, token_id: Uuid) -> Result<(), sqlx::Error> {
@@ -272,12 +274,17 @@ pub async fn usable_access_token(
     };
     match oidc.refresh(refresh_token, &current.subject).await {
         Ok(tokens) => {
-            save_refreshed(&mut tx, cipher, token_id, &tokens).await?;
+            let access_expires_at = save_refreshed(&mut tx, cipher, token_id, &tokens).await?;
             tx.commit().await?;
-            let mut conn = pool.acquire().await?;
-            load(&mut conn, cipher, token_id)
-                .await?
-                .ok_or(AccessError::Gone)
+            // Exactly what was just written; no need to read and decrypt it back.
+            Ok(StoredTokens {
+                access_token: tokens.access_token,
+                refresh_token: tokens.refresh_token.or(current.refresh_token),
+                id_token: tokens.id_token.or(current.id_token),
+                access_expires_at,
+                refresh_status: "ok".to_owned(),
+                ..current
+            })
         }
         Err(e) if e.is_invalid_grant() => {
             mark_needs_login(&mut tx, token_id).await?;
