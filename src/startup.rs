@@ -87,10 +87,6 @@ impl Application {
         self.port
     }
 
-    pub fn state(&self) -> &State {
-        &self.state
-    }
-
     /// Discovery retries and session cleanup. They stop when `stop` is cancelled.
     pub fn spawn_background_tasks(
         &self,

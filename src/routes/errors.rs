@@ -43,15 +43,7 @@ pub fn render_error_page<B: MessageBody + 'static>(
     if res.headers().contains_key(header::CONTENT_TYPE) {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
-    let mut status = res.status();
-    // A session that could not be loaded because Postgres is down is a 503, not a 500.
-    let db_down = res
-        .response()
-        .error()
-        .is_some_and(|e| e.to_string() == StoreUnavailable.to_string());
-    if db_down {
-        status = StatusCode::SERVICE_UNAVAILABLE;
-    }
+    let status = res.status();
     let message = res
         .response()
         .extensions()
@@ -60,7 +52,6 @@ pub fn render_error_page<B: MessageBody + 'static>(
         .unwrap_or_else(|| default_message(status).to_owned());
     let html = render(res.request(), status, &message);
     let (req, mut response) = res.into_parts();
-    *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -68,11 +59,6 @@ pub fn render_error_page<B: MessageBody + 'static>(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if db_down {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-    }
     let response = response.set_body(EitherBody::<B, BoxBody>::right(BoxBody::new(html)));
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(
         req, response,
@@ -123,11 +109,6 @@ pub fn bad_form(err: error::UrlencodedError, _req: &HttpRequest) -> actix_web::E
         other => format!("The form could not be read: {other}"),
     };
     AppError::BadRequest(message).into()
-}
-
-/// Used by the few handlers that answer a bare status.
-pub fn status_page(status: StatusCode) -> HttpResponse {
-    HttpResponse::build(status).finish()
 }
 
 /// Longest query string accepted; anything longer is an attack or a bug (414).

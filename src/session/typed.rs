@@ -35,17 +35,9 @@ impl TypedSession {
         Self(session)
     }
 
-    pub fn inner(&self) -> &Session {
-        &self.0
-    }
-
     /// The logged-in user, if the session has a live login behind it.
     pub fn auth(&self) -> Option<AuthState> {
         self.0.get::<AuthState>(AUTH_KEY).ok().flatten()
-    }
-
-    pub fn token_id(&self) -> Option<Uuid> {
-        self.auth().map(|a| a.token_id)
     }
 
     /// Binds the session to a completed login. Renews the key first: the cookie an attacker
