@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tera::{Context, Tera};
 
+use crate::auth::is_admin;
+use crate::configuration::AdminSettings;
 use crate::session::TypedSession;
 
 pub fn load(dir: &Path) -> anyhow::Result<Tera> {
@@ -28,11 +30,11 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn for_session(session: &TypedSession, is_admin: bool) -> Self {
+    pub fn for_session(session: &TypedSession, admins: &AdminSettings) -> Self {
         let auth = session.auth();
         Self {
             user_name: auth.as_ref().map(|a| a.display_name().to_owned()),
-            is_admin: auth.is_some() && is_admin,
+            is_admin: auth.as_ref().is_some_and(|a| is_admin(admins, a)),
             // Anonymous visitors get a CSRF token (and so a session row) only from pages
             // that have a form; the layout's logout form needs one only when logged in.
             csrf_token: if auth.is_some() {

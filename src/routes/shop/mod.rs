@@ -28,8 +28,5 @@ pub async fn home(state: State, session: TypedSession) -> Result<HttpResponse> {
 }
 
 pub fn page_layout(state: &State, session: &TypedSession) -> Layout {
-    let is_admin = session
-        .auth()
-        .is_some_and(|a| crate::auth::is_admin(&state.settings.admin, &a));
-    Layout::for_session(session, is_admin)
+    Layout::for_session(session, &state.settings.admin)
 }
