@@ -197,14 +197,8 @@ async fn replaying_a_callback_never_exchanges_the_code_twice(
 ) {
     let app = spawn_app(opts, db).await;
     let (state, nonce) = app.start_login("/").await;
-    app.idp.add_code(
-        "once",
-        Grant {
-            claims: app.idp.valid_claims("alice", &nonce),
-            signing: Signing::Key(0),
-        },
-    );
-    let query = [("code", "once"), ("state", state.as_str())];
+    let code = app.idp.code_for("alice", &nonce);
+    let query = [("code", code.as_str()), ("state", state.as_str())];
     assert_eq!(app.callback(&query).await.status().as_u16(), 303);
     let replay = app.callback(&query).await;
     assert_eq!(replay.status().as_u16(), 403);
@@ -214,9 +208,7 @@ async fn replaying_a_callback_never_exchanges_the_code_twice(
     let mut other = app.clone();
     other.client = crate::helpers::browser_client();
     let (state2, _) = other.start_login("/").await;
-    let response = other
-        .callback(&[("code", "once"), ("state", &state2)])
-        .await;
+    let response = other.callback(&[("code", &code), ("state", &state2)]).await;
     assert_eq!(response.status().as_u16(), 400);
     assert!(response.text().await.unwrap().contains("already used"));
 }
@@ -254,16 +246,10 @@ async fn provider_errors_and_mixed_up_issuers_are_explained(
     assert!(!html.contains("<b>boom</b>"));
 
     let (state, nonce) = app.start_login("/").await;
-    app.idp.add_code(
-        "mixup",
-        Grant {
-            claims: app.idp.valid_claims("a", &nonce),
-            signing: Signing::Key(0),
-        },
-    );
+    let code = app.idp.code_for("a", &nonce);
     let response = app
         .callback(&[
-            ("code", "mixup"),
+            ("code", &code),
             ("state", &state),
             ("iss", "http://other-idp.example"),
         ])
@@ -286,14 +272,7 @@ async fn return_to_only_accepts_same_site_paths(opts: PgPoolOptions, db: PgConne
         let mut app = app.clone();
         app.client = crate::helpers::browser_client();
         let (state, nonce) = app.start_login(attack).await;
-        let code = uuid::Uuid::new_v4().to_string();
-        app.idp.add_code(
-            &code,
-            Grant {
-                claims: app.idp.valid_claims("alice", &nonce),
-                signing: Signing::Key(0),
-            },
-        );
+        let code = app.idp.code_for("alice", &nonce);
         let response = app.callback(&[("code", &code), ("state", &state)]).await;
         crate::helpers::assert_redirect_to(&response, expected);
     }

@@ -141,6 +141,19 @@ impl FakeIdp {
             .insert(code.to_owned(), grant);
     }
 
+    /// A fresh authorization code whose exchange yields a valid ID token for `sub`.
+    pub fn code_for(&self, sub: &str, nonce: &str) -> String {
+        let code = format!("code-{}", uuid::Uuid::new_v4());
+        self.add_code(
+            &code,
+            Grant {
+                claims: self.valid_claims(sub, nonce),
+                signing: Signing::Key(0),
+            },
+        );
+        code
+    }
+
     pub fn set_token_endpoint(&self, behaviour: TokenEndpoint) {
         self.state.lock().unwrap().token_endpoint = behaviour;
     }

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use storefront::configuration::{Settings, get_configuration_with};
 use storefront::startup::Application;
 
-use crate::fake_idp::{CLIENT_ID, CLIENT_SECRET, FakeIdp, Grant, Signing};
+use crate::fake_idp::{CLIENT_ID, CLIENT_SECRET, FakeIdp};
 
 pub fn random_b64(n: usize) -> String {
     let mut bytes = vec![0u8; n];
@@ -172,14 +172,7 @@ impl TestApp {
     /// A complete login as `sub` through the fake provider; returns the callback response.
     pub async fn login_as(&self, sub: &str) -> reqwest::Response {
         let (state, nonce) = self.start_login("/profile").await;
-        let code = format!("code-{}", uuid::Uuid::new_v4());
-        self.idp.add_code(
-            &code,
-            Grant {
-                claims: self.idp.valid_claims(sub, &nonce),
-                signing: Signing::Key(0),
-            },
-        );
+        let code = self.idp.code_for(sub, &nonce);
         self.callback(&[
             ("code", &code),
             ("state", &state),

@@ -68,28 +68,16 @@ async fn several_tabs_can_log_in_at_once(opts: PgPoolOptions, db: PgConnectOptio
     let app = spawn_app(opts, db).await;
     let (state_a, nonce_a) = app.start_login("/a").await;
     let (state_b, nonce_b) = app.start_login("/b").await;
-    app.idp.add_code(
-        "code-b",
-        crate::fake_idp::Grant {
-            claims: app.idp.valid_claims("bob", &nonce_b),
-            signing: Signing::Key(0),
-        },
-    );
+    let code_b = app.idp.code_for("bob", &nonce_b);
     assert_redirect_to(
-        &app.callback(&[("code", "code-b"), ("state", &state_b)])
+        &app.callback(&[("code", &code_b), ("state", &state_b)])
             .await,
         "/b",
     );
     // The first tab's login is still pending, and still completes.
-    app.idp.add_code(
-        "code-a",
-        crate::fake_idp::Grant {
-            claims: app.idp.valid_claims("bob", &nonce_a),
-            signing: Signing::Key(0),
-        },
-    );
+    let code_a = app.idp.code_for("bob", &nonce_a);
     assert_redirect_to(
-        &app.callback(&[("code", "code-a"), ("state", &state_a)])
+        &app.callback(&[("code", &code_a), ("state", &state_a)])
             .await,
         "/a",
     );

@@ -178,13 +178,9 @@ async fn login_renews_the_session_key_and_the_old_cookie_stops_working(
                 .1
                 .into_owned()
         };
-        let callback_grant = crate::fake_idp::Grant {
-            claims: app.idp.valid_claims("alice", &get("nonce")),
-            signing: crate::fake_idp::Signing::Key(0),
-        };
-        app.idp.add_code("the-code", callback_grant);
+        let code = app.idp.code_for("alice", &get("nonce"));
         let response = app
-            .callback(&[("code", "the-code"), ("state", &get("state"))])
+            .callback(&[("code", &code), ("state", &get("state"))])
             .await;
         assert_eq!(response.status().as_u16(), 303);
         let after = session_cookie(&response).expect("a new cookie at login");
