@@ -61,6 +61,10 @@ struct State {
     refresh_tokens: HashMap<String, (String, bool)>,
     access_tokens: HashMap<String, String>,
     access_ttl: u64,
+    /// Discovery answers 503 (the provider is down).
+    discovery_down: bool,
+    /// Advertise and accept only client_secret_post.
+    secret_post_only: bool,
 }
 
 #[derive(Clone)]
@@ -86,6 +90,8 @@ impl FakeIdp {
             refresh_tokens: HashMap::new(),
             access_tokens: HashMap::new(),
             access_ttl: 300,
+            discovery_down: false,
+            secret_post_only: false,
         }));
         let idp = FakeIdp {
             issuer: issuer.clone(),
@@ -163,6 +169,26 @@ impl FakeIdp {
         self.state.lock().unwrap().published = keys.to_vec();
     }
 
+    pub fn set_discovery_down(&self, down: bool) {
+        self.state.lock().unwrap().discovery_down = down;
+    }
+
+    pub fn set_secret_post_only(&self) {
+        self.state.lock().unwrap().secret_post_only = true;
+    }
+
+    /// The provider stops accepting every access token it issued (userinfo answers 401).
+    pub fn forget_access_tokens(&self) {
+        self.state.lock().unwrap().access_tokens.clear();
+    }
+
+    /// Every refresh token becomes invalid (`invalid_grant`).
+    pub fn revoke_refresh_tokens(&self) {
+        for (_, valid) in self.state.lock().unwrap().refresh_tokens.values_mut() {
+            *valid = false;
+        }
+    }
+
     pub fn set_access_ttl(&self, secs: u64) {
         self.state.lock().unwrap().access_ttl = secs;
     }
@@ -206,6 +232,18 @@ fn sign(claims: &Value, signing: Signing, typ: &str) -> String {
 
 async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
     let i = &ctx.issuer;
+    let (down, post_only) = {
+        let state = ctx.state.lock().unwrap();
+        (state.discovery_down, state.secret_post_only)
+    };
+    if down {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    let auth_methods = if post_only {
+        json!(["client_secret_post"])
+    } else {
+        json!(["client_secret_basic"])
+    };
     HttpResponse::Ok().json(json!({
         "issuer": i,
         "authorization_endpoint": format!("{i}/authorize"),
@@ -217,7 +255,7 @@ async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+        "token_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
     }))
@@ -254,12 +292,20 @@ async fn token(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
     );
-    if req
+    let basic = req
         .headers()
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
+        .and_then(|v| v.to_str().ok());
+    let post = (
+        form.get("client_id").map(String::as_str),
+        form.get("client_secret").map(String::as_str),
+    );
+    let authenticated = if ctx.state.lock().unwrap().secret_post_only {
+        basic.is_none() && post == (Some(CLIENT_ID), Some(CLIENT_SECRET))
+    } else {
+        basic == Some(expected.as_str())
+    };
+    if !authenticated {
         return HttpResponse::Unauthorized().json(json!({ "error": "invalid_client" }));
     }
     let behaviour = ctx.state.lock().unwrap().token_endpoint.clone();

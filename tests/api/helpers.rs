@@ -78,10 +78,19 @@ pub async fn spawn_app_with(
     db: PgConnectOptions,
     customize: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    spawn_app_with_idp(pool_opts, db, FakeIdp::start().await, customize).await
+}
+
+/// As [`spawn_app_with`], against a fake provider the test has prepared (e.g. one that is down).
+pub async fn spawn_app_with_idp(
+    pool_opts: PgPoolOptions,
+    db: PgConnectOptions,
+    idp: FakeIdp,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         storefront::telemetry::init("pretty");
     }
-    let idp = FakeIdp::start().await;
     let mut settings = test_settings(&idp.issuer, CLIENT_ID, CLIENT_SECRET);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -267,3 +267,56 @@ async fn an_unreachable_provider_leaves_public_pages_up_and_login_answers_503(
     let health: serde_json::Value = app.get("/health").await.json().await.unwrap();
     assert_eq!(health["identity_provider"], "unavailable");
 }
+
+#[sqlx::test]
+async fn discovery_is_retried_until_the_provider_answers(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let idp = crate::fake_idp::FakeIdp::start().await;
+    idp.set_discovery_down(true);
+    let app = crate::helpers::spawn_app_with_idp(opts, db, idp, |_| {}).await;
+    assert_eq!(app.get("/login").await.status().as_u16(), 503);
+    app.idp.set_discovery_down(false);
+    // Requests retry discovery at most every 2 s.
+    let mut status = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        status = app.get("/login").await.status().as_u16();
+        if status == 302 {
+            break;
+        }
+    }
+    assert_eq!(status, 302, "sign-in works once the provider is back");
+    assert_eq!(app.login_as("alice").await.status().as_u16(), 303);
+}
+
+#[sqlx::test]
+async fn a_provider_that_only_takes_client_secret_post_gets_it(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let idp = crate::fake_idp::FakeIdp::start().await;
+    idp.set_secret_post_only();
+    let app = crate::helpers::spawn_app_with_idp(opts, db, idp, |_| {}).await;
+    assert_redirect_to(&app.login_as("alice").await, "/profile");
+    assert_eq!(app.logged_in_sessions().await, 1);
+}
+
+#[sqlx::test]
+async fn a_rejected_access_token_is_refreshed_once_then_the_user_logs_in_again(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    app.login_as("alice").await;
+    // Userinfo answers 401 although the token has not expired: one refresh, then success.
+    app.idp.forget_access_tokens();
+    assert_eq!(app.get("/profile").await.status().as_u16(), 200);
+    assert_eq!(app.idp.refresh_calls.load(Ordering::SeqCst), 1);
+    // 401 again, and the refresh token is refused too: back to login.
+    app.idp.forget_access_tokens();
+    app.idp.revoke_refresh_tokens();
+    assert_redirect_to(&app.get("/profile").await, "/login?return_to=%2Fprofile");
+    assert_eq!(app.idp.refresh_calls.load(Ordering::SeqCst), 2);
+}
