@@ -117,22 +117,40 @@ pub struct TokenSettings {
     pub previous_keys: Vec<SecretString>,
 }
 
+/// The background token refresher and the cap on refresh traffic to the provider.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct RefreshSettings {
-    #[serde(default = "default_lead_secs")]
+    /// Tokens expiring within this many seconds are refreshed ahead of time.
     pub lead_secs: u64,
-    #[serde(default = "default_interval_secs")]
+    /// Seconds between the refresher's scans for due tokens.
     pub interval_secs: u64,
-    #[serde(default = "default_true")]
     pub enabled: bool,
+    /// Due tokens claimed per scan; a full batch is followed at once by the next.
+    pub batch_size: i64,
+    /// Refresh calls in flight at once, per instance (background and inline together).
+    pub max_concurrency: usize,
+    /// Refresh calls started per second, per instance.
+    pub max_per_sec: u32,
+    /// How long a claim on a token lasts; a crashed instance's claims lapse after this.
+    pub lease_secs: u64,
+    /// Backoff after a transient failure: base * 2^failures, capped, with jitter.
+    pub backoff_base_secs: u64,
+    pub backoff_max_secs: u64,
 }
 
 impl Default for RefreshSettings {
     fn default() -> Self {
         Self {
-            lead_secs: default_lead_secs(),
-            interval_secs: default_interval_secs(),
+            lead_secs: 300,
+            interval_secs: 15,
             enabled: true,
+            batch_size: 200,
+            max_concurrency: 16,
+            max_per_sec: 250,
+            lease_secs: 60,
+            backoff_base_secs: 2,
+            backoff_max_secs: 60,
         }
     }
 }
@@ -192,16 +210,6 @@ fn default_cleanup_batch_size() -> i64 {
 fn default_key_id() -> String {
     "k1".into()
 }
-fn default_lead_secs() -> u64 {
-    300
-}
-fn default_interval_secs() -> u64 {
-    15
-}
-fn default_true() -> bool {
-    true
-}
-
 /// Keys whose environment value may be a comma-separated list.
 const LIST_KEYS: &[&str] = &[
     "oidc.scopes",
@@ -307,6 +315,20 @@ impl Settings {
             return Err(invalid(
                 "session.cookie_name",
                 "must be a name of the shop's own (not `id` or `_session`)",
+            ));
+        }
+        let r = &self.refresh;
+        if r.interval_secs == 0 || r.batch_size <= 0 || r.max_concurrency == 0 || r.max_per_sec == 0
+        {
+            return Err(invalid(
+                "refresh.interval_secs",
+                "refresh.batch_size, refresh.max_concurrency and refresh.max_per_sec must be positive",
+            ));
+        }
+        if r.lease_secs < 2 * self.oidc.http_timeout_secs + 5 {
+            return Err(invalid(
+                "refresh.lease_secs",
+                "must be at least 2 * oidc.http_timeout_secs + 5, so a claim outlives the call it covers",
             ));
         }
         if self.database.max_connections == 0 {

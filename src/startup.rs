@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::oidc::Oidc;
+use crate::auth::refresh::Refresher;
 use crate::configuration::Settings;
 use crate::crypto::TokenCipher;
 use crate::routes;
@@ -27,7 +28,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub tera: Tera,
     pub oidc: Arc<Oidc>,
-    pub cipher: TokenCipher,
+    pub cipher: Arc<TokenCipher>,
+    pub refresher: Arc<Refresher>,
     pub settings: Settings,
 }
 
@@ -66,13 +68,21 @@ impl Application {
         if let Err(e) = oidc.discover().await {
             tracing::warn!(error = %e, "OpenID provider unreachable at start-up; public pages only until it answers");
         }
-        let cipher = TokenCipher::new(settings.tokens.keys()?);
+        let cipher = Arc::new(TokenCipher::new(settings.tokens.keys()?));
+        let refresher = Arc::new(Refresher::new(
+            pool.clone(),
+            cipher.clone(),
+            oidc.clone(),
+            settings.refresh.clone(),
+            Duration::from_secs(settings.oidc.http_timeout_secs),
+        ));
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool,
             tera,
             oidc,
             cipher,
+            refresher,
             settings,
         });
         let server = run(listener, state.clone())?;
@@ -87,7 +97,12 @@ impl Application {
         self.port
     }
 
-    /// Discovery retries and session cleanup. They stop when `stop` is cancelled.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Discovery retries, session cleanup and (if `refresh.enabled`) the token refresher.
+    /// They stop when `stop` is cancelled.
     pub fn spawn_background_tasks(
         &self,
         stop: CancellationToken,
@@ -96,15 +111,20 @@ impl Application {
         let oidc = self.state.oidc.clone();
         let retry = Duration::from_secs(s.oidc.discovery_retry_secs.max(1));
         let discovery_stop = stop.clone();
-        vec![
+        let mut tasks = vec![
             tokio::spawn(async move { oidc.discover_until_ready(retry, discovery_stop).await }),
             tokio::spawn(crate::session::cleanup::run_until_stopped(
                 self.state.pool.clone(),
                 Duration::from_secs(s.session.cleanup_interval_secs.max(1)),
                 s.session.cleanup_batch_size.max(1),
-                stop,
+                stop.clone(),
             )),
-        ]
+        ];
+        if s.refresh.enabled {
+            let refresher = self.state.refresher.clone();
+            tasks.push(tokio::spawn(refresher.run_until_stopped(stop)));
+        }
+        tasks
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
@@ -151,6 +171,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
     let server = HttpServer::new(move || {
         let static_dir = state.settings.server.static_dir.clone();
         App::new()
+            .wrap(from_fn(routes::auth::require_live_login))
             .wrap(session_middleware(&state.settings, state.pool.clone()))
             .wrap(from_fn(routes::errors::errors_to_responses))
             .wrap(from_fn(routes::errors::limit_query_length))

@@ -50,6 +50,13 @@ impl TypedSession {
         self.0.insert(CSRF_KEY, random_token(32))
     }
 
+    /// Drops a login the provider has ended (refresh refused) but keeps the rest of the
+    /// session, such as the cart, for the shopper's next login.
+    pub fn forget_login(&self) {
+        self.0.remove(TOKEN_KEY);
+        self.0.remove(AUTH_KEY);
+    }
+
     pub fn log_out(&self) {
         self.0.purge();
     }

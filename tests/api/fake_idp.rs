@@ -75,6 +75,8 @@ pub struct FakeIdp {
     pub refresh_calls: Arc<AtomicUsize>,
     pub revocations: Arc<AtomicUsize>,
     pub jwks_calls: Arc<AtomicUsize>,
+    /// Refresh tokens presented a second time (each revoked a whole family).
+    pub reuses: Arc<AtomicUsize>,
 }
 
 impl FakeIdp {
@@ -100,6 +102,7 @@ impl FakeIdp {
             refresh_calls: Default::default(),
             revocations: Default::default(),
             jwks_calls: Default::default(),
+            reuses: Default::default(),
         };
         let ctx = web::Data::new(Ctx {
             issuer,
@@ -108,6 +111,7 @@ impl FakeIdp {
             refresh_calls: idp.refresh_calls.clone(),
             revocations: idp.revocations.clone(),
             jwks_calls: idp.jwks_calls.clone(),
+            reuses: idp.reuses.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -189,6 +193,17 @@ impl FakeIdp {
         }
     }
 
+    /// A valid refresh token for `sub`, as if issued at an earlier login.
+    pub fn issue_refresh_token(&self, sub: &str) -> String {
+        let token = format!("rt-{}", uuid::Uuid::new_v4());
+        self.state
+            .lock()
+            .unwrap()
+            .refresh_tokens
+            .insert(token.clone(), (sub.to_owned(), true));
+        token
+    }
+
     pub fn set_access_ttl(&self, secs: u64) {
         self.state.lock().unwrap().access_ttl = secs;
     }
@@ -204,6 +219,7 @@ struct Ctx {
     state: Arc<Mutex<State>>,
     token_calls: Arc<AtomicUsize>,
     refresh_calls: Arc<AtomicUsize>,
+    reuses: Arc<AtomicUsize>,
     revocations: Arc<AtomicUsize>,
     jwks_calls: Arc<AtomicUsize>,
 }
@@ -344,6 +360,7 @@ async fn token(
                 return oauth_error("invalid_grant");
             };
             if !valid {
+                ctx.reuses.fetch_add(1, Ordering::SeqCst);
                 // Reuse of a rotated token: revoke the whole family.
                 for (_, (s, v)) in state.refresh_tokens.iter_mut() {
                     if *s == sub {

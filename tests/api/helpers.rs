@@ -8,7 +8,7 @@ use reqwest::Url;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use storefront::configuration::{Settings, get_configuration_with};
-use storefront::startup::Application;
+use storefront::startup::{Application, State};
 
 use crate::fake_idp::{CLIENT_ID, CLIENT_SECRET, FakeIdp};
 
@@ -59,6 +59,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub idp: FakeIdp,
     pub settings: Settings,
+    /// The app's shared state (the refresher, the cipher), for driving background work.
+    pub state: State,
 }
 
 pub fn browser_client() -> reqwest::Client {
@@ -113,6 +115,7 @@ pub async fn spawn_on(
     let app = Application::build_on(settings.clone(), pool.clone(), listener)
         .await
         .expect("app builds");
+    let state = app.state().clone();
     // Cleanup and refresh are driven by the tests themselves.
     tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -121,6 +124,7 @@ pub async fn spawn_on(
         client: browser_client(),
         idp,
         settings,
+        state,
     }
 }
 

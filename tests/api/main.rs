@@ -6,4 +6,5 @@ mod helpers;
 mod login;
 mod migrations;
 mod real_idp;
+mod refresh;
 mod sessions;

@@ -30,7 +30,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_idp(app_base: &str, secret: &str) -> RealIdp {
+async fn start_idp(app_base: &str, secret: &str, access_ttl_secs: u32) -> RealIdp {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idp");
     assert!(
         dir.join("node_modules/oidc-provider").exists(),
@@ -50,6 +50,7 @@ async fn start_idp(app_base: &str, secret: &str) -> RealIdp {
             format!("{app_base}/backchannel-logout"),
         )
         .env("IDP_LOG_REQUESTS", "0")
+        .env("IDP_ACCESS_TOKEN_TTL", access_ttl_secs.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -76,10 +77,18 @@ async fn start_idp(app_base: &str, secret: &str) -> RealIdp {
 }
 
 async fn spawn_with_real_idp(opts: PgPoolOptions, db: PgConnectOptions) -> (TestApp, RealIdp) {
+    spawn_with_real_idp_ttl(opts, db, 3600).await
+}
+
+async fn spawn_with_real_idp_ttl(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+    access_ttl_secs: u32,
+) -> (TestApp, RealIdp) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let secret = random_b64(24);
-    let idp = start_idp(&base, &secret).await;
+    let idp = start_idp(&base, &secret, access_ttl_secs).await;
     let mut settings = test_settings(&idp.issuer, "storefront", &secret);
     settings.server.public_url = Url::parse(&base).unwrap();
     let pool = opts.connect_lazy_with(db);
@@ -205,5 +214,40 @@ async fn the_real_provider_ends_sessions_by_back_channel(
     assert_eq!(
         location(&app.get("/profile").await),
         "/login?return_to=%2Fprofile"
+    );
+}
+
+#[sqlx::test]
+async fn the_refresher_keeps_a_real_login_alive_past_its_access_token(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    // Access tokens live 10 s; the refresher renews them 5 s ahead.
+    let (app, idp) = spawn_with_real_idp_ttl(opts, db, 10).await;
+    log_in(&app, &idp, &browser_client(), "carol").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let refresher = tokio::spawn(app.state.refresher.clone().run_until_stopped(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+
+    let profile = app.get("/profile").await;
+    assert_eq!(profile.status().as_u16(), 200);
+    assert!(profile.text().await.unwrap().contains("carol@example.com"));
+    let stats: serde_json::Value = reqwest::get(format!("{}/_test/stats", idp.issuer))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refreshes = stats["grants"]["refresh_token"].as_u64().unwrap();
+    assert!(refreshes >= 1, "the provider saw a refresh grant: {stats}");
+    assert_eq!(stats["grant_errors"], serde_json::json!({}), "{stats}");
+    stop.cancel();
+    refresher.await.unwrap();
+    assert_eq!(
+        app.state
+            .refresher
+            .stats()
+            .total(storefront::auth::refresh::Outcome::Ok),
+        refreshes
     );
 }

@@ -3,15 +3,25 @@ use actix_web::http::header;
 use actix_web::web;
 use serde::Deserialize;
 
+use serde::Serialize;
+
 use super::provider_error;
-use crate::auth::safe_return_to;
+use crate::auth::{login_url, safe_return_to};
 use crate::error::{AppError, Result};
+use crate::routes::NoStore;
+use crate::routes::shop::page_layout;
 use crate::session::TypedSession;
 use crate::startup::State;
+use crate::templates::render;
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
     return_to: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LoginAgainPage {
+    login_url: String,
 }
 
 /// Sends the browser to the provider with a fresh `state`, `nonce` and PKCE S256 challenge.
@@ -22,8 +32,18 @@ pub async fn start_login(
     query: web::Query<LoginQuery>,
 ) -> Result<HttpResponse> {
     let return_to = safe_return_to(query.return_to.as_deref());
-    if session.auth().is_some_and(|a| !a.needs_login()) {
-        return Ok(redirect(&return_to));
+    match session.auth() {
+        Some(auth) if auth.needs_login() => {
+            // Say why before sending the shopper away; the next click starts the login.
+            session.forget_login();
+            let layout = page_layout(&state, &session);
+            let page = LoginAgainPage {
+                login_url: login_url(&return_to),
+            };
+            return Ok(render(&state.tera, "auth/login_again.html", &layout, page)?.with_no_store());
+        }
+        Some(_) => return Ok(redirect(&return_to)),
+        None => {}
     }
     let (url, pending) = state
         .oidc

@@ -30,9 +30,7 @@ pub async fn log_out(
         session.log_out();
         return Ok(redirect("/"));
     };
-    let mut conn = state.pool.acquire().await?;
-    let stored = tokens::load(&mut conn, &state.cipher, auth.token_id).await?;
-    drop(conn);
+    let stored = tokens::load(&state.pool, &state.cipher, auth.token_id).await?;
     tokens::delete_login(&state.pool, auth.token_id).await?;
     session.log_out();
     let Some(stored) = stored else {

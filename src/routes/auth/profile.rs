@@ -4,7 +4,7 @@ use crate::routes::NoStore;
 use serde::Serialize;
 
 use crate::auth::oidc::OidcError;
-use crate::auth::tokens::{AccessError, usable_access_token};
+use crate::auth::refresh::AccessError;
 use crate::error::{AppError, Result};
 use crate::routes::shop::page_layout;
 use crate::session::TypedSession;
@@ -41,17 +41,13 @@ pub async fn profile_page(state: State, session: TypedSession) -> Result<HttpRes
         .ok_or(AppError::LoginRequired {
             return_to: HERE.into(),
         })?;
-    let mut force = false;
+    let mut rejected = None;
     let info = loop {
-        let tokens = usable_access_token(
-            &state.pool,
-            &state.cipher,
-            &state.oidc,
-            auth.token_id,
-            force,
-        )
-        .await
-        .map_err(|e| access_error(e, HERE))?;
+        let tokens = state
+            .refresher
+            .usable_access_token(auth.token_id, rejected)
+            .await
+            .map_err(|e| access_error(e, HERE))?;
         match state
             .oidc
             .userinfo(&tokens.access_token, &auth.subject)
@@ -59,7 +55,9 @@ pub async fn profile_page(state: State, session: TypedSession) -> Result<HttpRes
         {
             Ok(info) => break info,
             // The provider no longer accepts the access token: refresh once, then re-login.
-            Err(OidcError::Refused { .. }) if !force => force = true,
+            Err(OidcError::Refused { .. }) if rejected.is_none() => {
+                rejected = Some(tokens.access_expires_at);
+            }
             Err(OidcError::Refused { .. }) => {
                 return Err(AppError::LoginRequired {
                     return_to: HERE.into(),
