@@ -77,6 +77,8 @@ pub struct FakeIdp {
     pub jwks_calls: Arc<AtomicUsize>,
     /// Refresh tokens presented a second time (each revoked a whole family).
     pub reuses: Arc<AtomicUsize>,
+    /// The most token requests ever in progress at once.
+    pub max_in_flight: Arc<AtomicUsize>,
 }
 
 impl FakeIdp {
@@ -103,6 +105,7 @@ impl FakeIdp {
             revocations: Default::default(),
             jwks_calls: Default::default(),
             reuses: Default::default(),
+            max_in_flight: Default::default(),
         };
         let ctx = web::Data::new(Ctx {
             issuer,
@@ -112,6 +115,8 @@ impl FakeIdp {
             revocations: idp.revocations.clone(),
             jwks_calls: idp.jwks_calls.clone(),
             reuses: idp.reuses.clone(),
+            in_flight: Default::default(),
+            max_in_flight: idp.max_in_flight.clone(),
         });
         let server = HttpServer::new(move || {
             App::new()
@@ -220,6 +225,8 @@ struct Ctx {
     token_calls: Arc<AtomicUsize>,
     refresh_calls: Arc<AtomicUsize>,
     reuses: Arc<AtomicUsize>,
+    in_flight: AtomicUsize,
+    max_in_flight: Arc<AtomicUsize>,
     revocations: Arc<AtomicUsize>,
     jwks_calls: Arc<AtomicUsize>,
 }
@@ -298,12 +305,30 @@ fn oauth_error(error: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({ "error": error }))
 }
 
+/// Counts a token request as in progress until dropped.
+struct InFlight<'a>(&'a Ctx);
+
+impl<'a> InFlight<'a> {
+    fn enter(ctx: &'a Ctx) -> Self {
+        let now = ctx.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        ctx.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(ctx)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn token(
     ctx: web::Data<Ctx>,
     req: HttpRequest,
     form: web::Form<HashMap<String, String>>,
 ) -> HttpResponse {
     ctx.token_calls.fetch_add(1, Ordering::SeqCst);
+    let _in_flight = InFlight::enter(&ctx);
     let expected = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))

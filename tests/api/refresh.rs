@@ -386,3 +386,64 @@ async fn shutdown_finishes_or_releases_every_claim(opts: PgPoolOptions, db: PgCo
     assert!(calls > 0 && calls < 20, "stopped mid-batch ({calls} calls)");
     assert_eq!(refreshed, calls, "every call's result was stored");
 }
+
+#[sqlx::test]
+async fn refresh_traffic_is_capped_per_instance(opts: PgPoolOptions, db: PgConnectOptions) {
+    let app = spawn_app_with(opts, db, |s| s.refresh.max_concurrency = 3).await;
+    app.idp
+        .set_token_endpoint(TokenEndpoint::Delay(Duration::from_millis(200)));
+    seed_logins(&app, 12).await;
+    let claimed = app
+        .state
+        .refresher
+        .refresh_due(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(claimed, 12);
+    assert_eq!(app.idp.refresh_calls.load(Ordering::SeqCst), 12);
+    assert_eq!(
+        app.idp.max_in_flight.load(Ordering::SeqCst),
+        3,
+        "never more than refresh.max_concurrency calls at once"
+    );
+}
+
+#[sqlx::test]
+async fn invalid_grant_after_another_instance_refreshed_keeps_the_login(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app_with(opts, db, |_| {}).await;
+    seed_logins(&app, 1).await;
+    // The provider is slow; while our call is in flight, another instance (whose lease we
+    // pretend lapsed) stores newer tokens, and the provider then refuses our now-stale token.
+    app.idp
+        .set_token_endpoint(TokenEndpoint::Delay(Duration::from_millis(500)));
+    let refresher = app.state.refresher.clone();
+    let scan = tokio::spawn(async move { refresher.refresh_due(&CancellationToken::new()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query(
+        r#"UPDATE oauth_tokens
+           SET refresh_token = refresh_token || '\x00'::bytea,
+               access_expires_at = now() + interval '1 hour'"#,
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.idp.revoke_refresh_tokens();
+    assert_eq!(scan.await.unwrap().unwrap(), 1);
+
+    let (status, claim): (String, Option<Uuid>) =
+        sqlx::query_as("SELECT refresh_status, refresh_claim FROM oauth_tokens")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        status, "ok",
+        "the newer tokens are kept, not marked needs-login"
+    );
+    assert_eq!(claim, None, "the claim was released");
+    let stats = app.state.refresher.stats();
+    assert_eq!(stats.total(Outcome::RaceRecovered), 1);
+    assert_eq!(stats.total(Outcome::InvalidGrant), 0);
+}
