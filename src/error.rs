@@ -11,8 +11,9 @@ pub enum AppError {
     /// 400, with a sentence for the user.
     #[error("{0}")]
     BadRequest(String),
-    #[error("The page you asked for does not exist.")]
-    NotFound,
+    /// 404, with a sentence for the user.
+    #[error("{0}")]
+    NotFound(String),
     /// 403, with a sentence for the user.
     #[error("{0}")]
     Forbidden(String),
@@ -65,7 +66,7 @@ impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::LoginRequired { .. } => StatusCode::SEE_OTHER,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

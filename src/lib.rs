@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod routes;
 pub mod session;
+pub mod shop;
 pub mod startup;
 pub mod telemetry;
 pub mod templates;

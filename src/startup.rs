@@ -180,6 +180,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
             .wrap(TracingLogger::default())
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(routes::errors::bad_query))
+            .app_data(web::PathConfig::default().error_handler(routes::errors::bad_path))
             .app_data(
                 web::FormConfig::default()
                     .limit(16 * 1024)

@@ -35,6 +35,28 @@ const CLAIM_MARGIN: Duration = Duration::from_secs(2);
 /// How often a request waiting for another instance's refresh looks at the row again.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
+/// Claims up to $2 tokens expiring within $1 seconds for claim id $3, for $4 seconds.
+/// SKIP LOCKED: instances scanning at the same moment take disjoint rows instead of queueing
+/// on each other; the lease written into the row then keeps them disjoint afterwards.
+pub const CLAIM_DUE_TOKENS: &str = r#"
+    WITH due AS (
+        SELECT token_id FROM oauth_tokens
+        WHERE refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
+          AND access_expires_at < now() + make_interval(secs => $1)
+          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+          AND (refresh_claimed_until IS NULL OR refresh_claimed_until < now())
+        ORDER BY access_expires_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE oauth_tokens t
+    SET refresh_claim = $3,
+        refresh_claimed_until = now() + make_interval(secs => $4)
+    FROM due, users u
+    WHERE t.token_id = due.token_id AND u.user_id = t.user_id
+    RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count
+"#;
+
 /// What one refresh attempt came to; each is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -261,34 +283,13 @@ impl Refresher {
     pub async fn refresh_due(&self, stop: &CancellationToken) -> Result<usize, sqlx::Error> {
         let claim = Uuid::new_v4();
         let claimed_at = Instant::now();
-        // SKIP LOCKED: instances scanning at the same moment take disjoint rows instead of
-        // queueing on each other; the lease in the row then keeps them disjoint afterwards.
-        let rows: Vec<Claimed> = sqlx::query_as(
-            r#"
-            WITH due AS (
-                SELECT token_id FROM oauth_tokens
-                WHERE refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
-                  AND access_expires_at < now() + make_interval(secs => $1)
-                  AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-                  AND (refresh_claimed_until IS NULL OR refresh_claimed_until < now())
-                ORDER BY access_expires_at
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED
-            )
-            UPDATE oauth_tokens t
-            SET refresh_claim = $3,
-                refresh_claimed_until = now() + make_interval(secs => $4)
-            FROM due, users u
-            WHERE t.token_id = due.token_id AND u.user_id = t.user_id
-            RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count
-            "#,
-        )
-        .bind(self.settings.lead_secs as f64)
-        .bind(self.settings.batch_size)
-        .bind(claim)
-        .bind(self.settings.lease_secs as f64)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<Claimed> = sqlx::query_as(CLAIM_DUE_TOKENS)
+            .bind(self.settings.lead_secs as f64)
+            .bind(self.settings.batch_size)
+            .bind(claim)
+            .bind(self.settings.lease_secs as f64)
+            .fetch_all(&self.pool)
+            .await?;
         let claimed = rows.len();
         tracing::Span::current().record("claimed", claimed);
         if claimed == 0 {

@@ -96,11 +96,18 @@ fn render_page(tera: &tera::Tera, status: StatusCode, message: &str, layout: &La
 }
 
 pub async fn not_found() -> Result<HttpResponse, AppError> {
-    Err(AppError::NotFound)
+    Err(AppError::NotFound(
+        "The page you asked for does not exist.".into(),
+    ))
 }
 
 pub fn bad_query(err: error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     AppError::BadRequest(format!("The address has an invalid query: {err}")).into()
+}
+
+/// A path segment of the wrong shape (`/cart/items/abc/remove`) names nothing: 404.
+pub fn bad_path(_err: error::PathError, _req: &HttpRequest) -> actix_web::Error {
+    AppError::NotFound("The page you asked for does not exist.".into()).into()
 }
 
 pub fn bad_form(err: error::UrlencodedError, _req: &HttpRequest) -> actix_web::Error {

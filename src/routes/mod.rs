@@ -9,7 +9,20 @@ use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(health::health_check))
-        .route("/", web::get().to(shop::home))
+        .route("/", web::get().to(shop::catalogue::home))
+        .route(
+            "/products/{slug}",
+            web::get().to(shop::catalogue::product_page),
+        )
+        .route("/cart", web::get().to(shop::cart::show_cart))
+        .route("/cart/items", web::post().to(shop::cart::change_item))
+        .route(
+            "/cart/items/{id}/remove",
+            web::post().to(shop::cart::remove_item),
+        )
+        .route("/checkout", web::post().to(shop::cart::checkout))
+        .route("/orders", web::get().to(shop::orders::list_orders))
+        .route("/orders/{id}", web::get().to(shop::orders::show_order))
         .route("/login", web::get().to(auth::login::start_login))
         .route("/callback", web::get().to(auth::callback::login_callback))
         .route("/profile", web::get().to(auth::profile::profile_page))

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::{AUTH_KEY, AuthState, CLIENT_KEY, ClientInfo, TOKEN_KEY};
 use crate::crypto::{constant_time_eq, random_token};
+use crate::shop::cart::{CART_KEY, Cart};
 
 const CSRF_KEY: &str = "csrf";
 const PENDING_LOGINS_KEY: &str = "pending_logins";
@@ -121,6 +122,24 @@ impl TypedSession {
             .ok()
             .flatten()
             .unwrap_or_default()
+    }
+
+    /// The shopper's cart (empty when there is none or it cannot be read).
+    pub fn cart(&self) -> Cart {
+        self.0
+            .get::<Cart>(CART_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    pub fn set_cart(&self, cart: &Cart) -> Result<(), SessionInsertError> {
+        if cart.is_empty() {
+            self.0.remove(CART_KEY);
+            Ok(())
+        } else {
+            self.0.insert(CART_KEY, cart)
+        }
     }
 
     pub fn get<T: serde::de::DeserializeOwned>(

@@ -63,13 +63,7 @@ pub struct TestApp {
     pub state: State,
 }
 
-pub fn browser_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap()
-}
+pub use crate::provider_login::cookie_client as browser_client;
 
 pub async fn spawn_app(pool_opts: PgPoolOptions, db: PgConnectOptions) -> TestApp {
     spawn_app_with(pool_opts, db, |_| {}).await

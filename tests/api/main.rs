@@ -5,6 +5,9 @@ mod health;
 mod helpers;
 mod login;
 mod migrations;
+#[path = "../support/provider_login.rs"]
+#[allow(dead_code)]
+mod provider_login;
 mod real_idp;
 mod refresh;
 mod sessions;

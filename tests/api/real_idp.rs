@@ -9,6 +9,7 @@ use reqwest::Url;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::helpers::{TestApp, browser_client, location, random_b64, spawn_on, test_settings};
+use crate::provider_login;
 
 struct RealIdp {
     issuer: String,
@@ -96,48 +97,9 @@ async fn spawn_with_real_idp_ttl(
     (spawn_on(settings, pool, listener, fake).await, idp)
 }
 
-/// Follows the provider's redirects with its own cookie jar, logging in with the form when
-/// asked, until the provider sends the browser back to the shop.
-async fn through_provider(
-    provider: &reqwest::Client,
-    start: &str,
-    shop: &str,
-    user: &str,
-) -> String {
-    let mut url = Url::parse(start).unwrap();
-    for _ in 0..10 {
-        if url.as_str().starts_with(shop) {
-            return url.to_string();
-        }
-        let response = provider.get(url.clone()).send().await.unwrap();
-        if response.status().is_redirection() {
-            url = url.join(location(&response)).unwrap();
-            continue;
-        }
-        assert_eq!(response.status().as_u16(), 200, "at {url}");
-        let html = response.text().await.unwrap();
-        assert!(html.contains("id=\"login\""), "a login form at {url}");
-        let action = url.join(&format!("{}/login", url.path())).unwrap();
-        let response = provider
-            .post(action)
-            .form(&[("login", user), ("password", &format!("{user}-password"))])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 303, "login accepted");
-        url = url.join(location(&response)).unwrap();
-    }
-    panic!("the provider never sent the browser back");
-}
-
-async fn log_in(app: &TestApp, idp: &RealIdp, provider: &reqwest::Client, user: &str) {
-    let response = app.get("/login?return_to=/profile").await;
-    assert_eq!(response.status().as_u16(), 302);
-    assert!(location(&response).starts_with(&idp.issuer));
-    let back = through_provider(provider, location(&response), &app.address, user).await;
-    let callback = app.client.get(&back).send().await.unwrap();
-    assert_eq!(callback.status().as_u16(), 303, "callback completes");
-    assert_eq!(location(&callback), "/profile");
+async fn log_in(app: &TestApp, provider: &reqwest::Client, user: &str) {
+    let back = provider_login::log_in(&app.client, provider, &app.address, "/profile", user).await;
+    assert_eq!(back, "/profile");
 }
 
 #[sqlx::test]
@@ -147,7 +109,7 @@ async fn login_profile_and_logout_against_the_real_provider(
 ) {
     let (app, idp) = spawn_with_real_idp(opts, db).await;
     let provider = browser_client();
-    log_in(&app, &idp, &provider, "alice").await;
+    log_in(&app, &provider, "alice").await;
 
     let profile = app.get("/profile").await;
     assert_eq!(profile.status().as_u16(), 200);
@@ -198,7 +160,7 @@ async fn the_real_provider_ends_sessions_by_back_channel(
     db: PgConnectOptions,
 ) {
     let (app, idp) = spawn_with_real_idp(opts, db).await;
-    log_in(&app, &idp, &browser_client(), "bob").await;
+    log_in(&app, &browser_client(), "bob").await;
     assert_eq!(app.logged_in_sessions().await, 1);
     let ended: serde_json::Value = reqwest::Client::new()
         .post(format!("{}/_test/end-sessions?sub=bob", idp.issuer))
@@ -224,7 +186,7 @@ async fn the_refresher_keeps_a_real_login_alive_past_its_access_token(
 ) {
     // Access tokens live 10 s; the refresher renews them 5 s ahead.
     let (app, idp) = spawn_with_real_idp_ttl(opts, db, 10).await;
-    log_in(&app, &idp, &browser_client(), "carol").await;
+    log_in(&app, &browser_client(), "carol").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let refresher = tokio::spawn(app.state.refresher.clone().run_until_stopped(stop.clone()));
     tokio::time::sleep(Duration::from_secs(12)).await;

@@ -1,0 +1,71 @@
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+
+use super::page_layout;
+use crate::error::{AppError, Result};
+use crate::session::TypedSession;
+use crate::shop::cart::MAX_QUANTITY;
+use crate::shop::catalogue::{self, Product};
+use crate::startup::State;
+use crate::templates::render;
+
+#[derive(Serialize)]
+struct ProductView {
+    #[serde(flatten)]
+    product: Product,
+    price: String,
+}
+
+impl From<Product> for ProductView {
+    fn from(product: Product) -> Self {
+        Self {
+            price: product.price(),
+            product,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HomePage {
+    products: Vec<ProductView>,
+    max_quantity: u32,
+}
+
+#[tracing::instrument(name = "Home page", skip_all)]
+pub async fn home(state: State, session: TypedSession) -> Result<HttpResponse> {
+    let products = catalogue::list(&state.pool).await?;
+    // The add-to-cart forms need the session's CSRF token.
+    session.csrf_token();
+    let layout = page_layout(&state, &session);
+    let page = HomePage {
+        products: products.into_iter().map(ProductView::from).collect(),
+        max_quantity: MAX_QUANTITY,
+    };
+    Ok(render(&state.tera, "shop/home.html", &layout, page)?)
+}
+
+#[derive(Serialize)]
+struct ProductPage {
+    product: ProductView,
+    max_quantity: u32,
+}
+
+#[tracing::instrument(name = "Product page", skip_all, fields(slug = %slug))]
+pub async fn product_page(
+    state: State,
+    session: TypedSession,
+    slug: web::Path<String>,
+) -> Result<HttpResponse> {
+    let product = catalogue::by_slug(&state.pool, &slug)
+        .await?
+        .ok_or(AppError::NotFound(
+            "We could not find that product. It may have been removed from the catalogue.".into(),
+        ))?;
+    session.csrf_token();
+    let layout = page_layout(&state, &session);
+    let page = ProductPage {
+        max_quantity: MAX_QUANTITY.min(product.stock.max(0) as u32).max(1),
+        product: product.into(),
+    };
+    Ok(render(&state.tera, "shop/product.html", &layout, page)?)
+}

@@ -1,0 +1,223 @@
+//! Checkout and order history. An order is written in one transaction that takes the stock
+//! it needs or nothing, and the idempotency key from the checkout form makes a double
+//! submission the same order.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::cart::Cart;
+use super::format_price;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("Your cart is empty.")]
+    EmptyCart,
+    /// Names (with what is left) of the products short of stock; nothing was written.
+    #[error("Sorry, there is not enough stock for: {}. Your cart is unchanged; please adjust it.", .0.join(", "))]
+    OutOfStock(Vec<String>),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A placed order; `created` is false when the idempotency key named an earlier order.
+pub struct Placed {
+    pub order_id: Uuid,
+    pub created: bool,
+}
+
+/// Places the cart as an order for `user_id`. A second call with the same key returns the
+/// first order and changes nothing, even when both run at once (the unique key serialises them).
+pub async fn place_order(
+    pool: &PgPool,
+    user_id: Uuid,
+    idempotency_key: Uuid,
+    cart: &Cart,
+) -> Result<Placed, CheckoutError> {
+    let mut tx = pool.begin().await?;
+    let order_id: Option<Uuid> = sqlx::query_scalar(
+        r#"
+        INSERT INTO orders (order_id, user_id, idempotency_key, total_cents, currency)
+        VALUES ($1, $2, $3, 0, 'EUR')
+        ON CONFLICT ON CONSTRAINT orders_idempotency_key DO NOTHING
+        RETURNING order_id
+        "#,
+    )
+    .bind(Uuid::now_v7())
+    .bind(user_id)
+    .bind(idempotency_key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(order_id) = order_id else {
+        let existing: Uuid = sqlx::query_scalar(
+            "SELECT order_id FROM orders WHERE user_id = $1 AND idempotency_key = $2",
+        )
+        .bind(user_id)
+        .bind(idempotency_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        return Ok(Placed {
+            order_id: existing,
+            created: false,
+        });
+    };
+    if cart.is_empty() {
+        return Err(CheckoutError::EmptyCart);
+    }
+    let ids: Vec<i64> = cart.lines().iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i32> = cart
+        .lines()
+        .iter()
+        .map(|l| i32::try_from(l.quantity).unwrap_or(i32::MAX))
+        .collect();
+    // Takes the stock of every line that has enough, at the catalogue's current price; rows
+    // are locked in product order so concurrent checkouts cannot deadlock.
+    let taken: Vec<(i64, String, i32, i32, String)> = sqlx::query_as(
+        r#"
+        WITH wanted AS (
+            SELECT * FROM unnest($1::bigint[], $2::int[]) AS w(product_id, quantity)
+        ), locked AS (
+            SELECT p.product_id FROM products p JOIN wanted w USING (product_id)
+            WHERE p.active AND p.stock >= w.quantity
+            ORDER BY p.product_id
+            FOR UPDATE OF p
+        )
+        UPDATE products p SET stock = p.stock - w.quantity
+        FROM wanted w, locked l
+        WHERE p.product_id = w.product_id AND l.product_id = p.product_id
+          AND p.stock >= w.quantity
+        RETURNING p.product_id, p.name, p.price_cents, w.quantity, p.currency
+        "#,
+    )
+    .bind(&ids)
+    .bind(&quantities)
+    .fetch_all(&mut *tx)
+    .await?;
+    if taken.len() != ids.len() {
+        tx.rollback().await?;
+        let short: Vec<(String, i32)> = sqlx::query_as(
+            r#"
+            SELECT p.name, CASE WHEN p.active THEN p.stock ELSE 0 END
+            FROM unnest($1::bigint[], $2::int[]) AS w(product_id, quantity)
+            JOIN products p USING (product_id)
+            WHERE NOT p.active OR p.stock < w.quantity
+            ORDER BY p.name
+            "#,
+        )
+        .bind(&ids)
+        .bind(&quantities)
+        .fetch_all(pool)
+        .await?;
+        return Err(CheckoutError::OutOfStock(
+            short
+                .into_iter()
+                .map(|(name, left)| format!("{name} ({left} left)"))
+                .collect(),
+        ));
+    }
+    let currency = taken[0].4.clone();
+    let total: i64 = taken
+        .iter()
+        .map(|(_, _, price, quantity, _)| i64::from(*price) * i64::from(*quantity))
+        .sum();
+    sqlx::query(
+        r#"
+        INSERT INTO order_items (order_id, product_id, name, unit_price_cents, quantity)
+        SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::int[])
+        "#,
+    )
+    .bind(order_id)
+    .bind(taken.iter().map(|t| t.0).collect::<Vec<_>>())
+    .bind(taken.iter().map(|t| t.1.clone()).collect::<Vec<_>>())
+    .bind(taken.iter().map(|t| t.2).collect::<Vec<_>>())
+    .bind(taken.iter().map(|t| t.3).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE orders SET total_cents = $2, currency = $3 WHERE order_id = $1")
+        .bind(order_id)
+        .bind(total)
+        .bind(&currency)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(%order_id, %user_id, total_cents = total, "Order placed");
+    Ok(Placed {
+        order_id,
+        created: true,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct OrderItem {
+    pub name: String,
+    pub quantity: i32,
+    pub unit_price: String,
+    pub line_total: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Order {
+    pub order_id: Uuid,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub total: String,
+    pub items: Vec<OrderItem>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    order_id: Uuid,
+    status: String,
+    created_at: DateTime<Utc>,
+    total_cents: i64,
+    currency: String,
+    name: String,
+    quantity: i32,
+    unit_price_cents: i32,
+}
+
+/// The user's orders, newest first, with their items (one query). `only` picks one order.
+pub async fn for_user(
+    pool: &PgPool,
+    user_id: Uuid,
+    only: Option<Uuid>,
+) -> Result<Vec<Order>, sqlx::Error> {
+    let rows: Vec<OrderRow> = sqlx::query_as(
+        r#"
+        SELECT o.order_id, o.status, o.created_at, o.total_cents, o.currency,
+               i.name, i.quantity, i.unit_price_cents
+        FROM orders o JOIN order_items i USING (order_id)
+        WHERE o.user_id = $1 AND ($2::uuid IS NULL OR o.order_id = $2)
+        ORDER BY o.created_at DESC, o.order_id, i.name
+        LIMIT 1000
+        "#,
+    )
+    .bind(user_id)
+    .bind(only)
+    .fetch_all(pool)
+    .await?;
+    let mut orders: Vec<Order> = Vec::new();
+    for row in rows {
+        let item = OrderItem {
+            unit_price: format_price(row.unit_price_cents.into(), &row.currency),
+            line_total: format_price(
+                i64::from(row.unit_price_cents) * i64::from(row.quantity),
+                &row.currency,
+            ),
+            name: row.name,
+            quantity: row.quantity,
+        };
+        match orders.last_mut() {
+            Some(order) if order.order_id == row.order_id => order.items.push(item),
+            _ => orders.push(Order {
+                order_id: row.order_id,
+                status: row.status,
+                created_at: row.created_at,
+                total: format_price(row.total_cents, &row.currency),
+                items: vec![item],
+            }),
+        }
+    }
+    Ok(orders)
+}
