@@ -33,6 +33,6 @@ trap 'scripts/idp.sh stop' EXIT
 export STOREFRONT_ENV=local
 cargo build --quiet
 ./target/debug/storefront migrate
-./target/debug/storefront demo-data 2>/dev/null || true
+./target/debug/storefront demo-data
 echo "storefront: http://127.0.0.1:8080  (provider: http://127.0.0.1:4000)"
 ./target/debug/storefront serve

@@ -147,7 +147,7 @@ impl Default for RefreshSettings {
             enabled: true,
             batch_size: 200,
             max_concurrency: 16,
-            max_per_sec: 250,
+            max_per_sec: 400,
             lease_secs: 60,
             backoff_base_secs: 2,
             backoff_max_secs: 60,

@@ -161,6 +161,8 @@ pub struct Order {
     pub order_id: Uuid,
     pub status: String,
     pub created_at: DateTime<Utc>,
+    /// `created_at` as shoppers read it.
+    pub placed_on: String,
     pub total: String,
     pub items: Vec<OrderItem>,
 }
@@ -214,6 +216,7 @@ pub async fn for_user(
                 order_id: row.order_id,
                 status: row.status,
                 created_at: row.created_at,
+                placed_on: row.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
                 total: format_price(row.total_cents, &row.currency),
                 items: vec![item],
             }),

@@ -65,6 +65,12 @@ pub struct TestApp {
 
 pub use crate::provider_login::cookie_client as browser_client;
 
+/// Another instance of the same deployment: the same cookie and token keys as `app`.
+pub fn same_secrets(settings: &mut Settings, app: &TestApp) {
+    settings.session.secret_key = app.settings.session.secret_key.clone();
+    settings.tokens = app.settings.tokens.clone();
+}
+
 pub async fn spawn_app(pool_opts: PgPoolOptions, db: PgConnectOptions) -> TestApp {
     spawn_app_with(pool_opts, db, |_| {}).await
 }
@@ -178,7 +184,12 @@ impl TestApp {
 
     /// A complete login as `sub` through the fake provider; returns the callback response.
     pub async fn login_as(&self, sub: &str) -> reqwest::Response {
-        let (state, nonce) = self.start_login("/profile").await;
+        self.login_returning_to(sub, "/profile").await
+    }
+
+    /// A complete login as `sub` started from `/login?return_to=…`.
+    pub async fn login_returning_to(&self, sub: &str, return_to: &str) -> reqwest::Response {
+        let (state, nonce) = self.start_login(return_to).await;
         let code = self.idp.code_for(sub, &nonce);
         self.callback(&[
             ("code", &code),

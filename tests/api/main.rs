@@ -11,3 +11,4 @@ mod provider_login;
 mod real_idp;
 mod refresh;
 mod sessions;
+mod shop;

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::fake_idp::{FakeIdp, TokenEndpoint};
-use crate::helpers::{TestApp, assert_redirect_to, location, spawn_app_with, spawn_app_with_idp};
+use crate::helpers::{
+    TestApp, assert_redirect_to, location, same_secrets, spawn_app_with, spawn_app_with_idp,
+};
 
 /// Runs the app's background refresher until the returned token is cancelled.
 fn start_refresher(app: &TestApp) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -134,12 +136,6 @@ async fn concurrent_requests_on_two_instances_share_one_refresh(
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(one.idp.refresh_calls.load(Ordering::SeqCst), 1);
     assert_eq!(one.idp.reuses.load(Ordering::SeqCst), 0);
-}
-
-/// Another instance of the same deployment: the same cookie and token keys as `app`.
-fn same_secrets(settings: &mut storefront::configuration::Settings, app: &TestApp) {
-    settings.session.secret_key = app.settings.session.secret_key.clone();
-    settings.tokens = app.settings.tokens.clone();
 }
 
 /// Logins created directly in the database: one user and one token row each, with a refresh
