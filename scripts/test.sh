@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, lints, and the test suite against a real Postgres and the
-# real local OpenID provider (installed by npm ci).
+# Runs every test: formatting, lints, and the test suite against a real Postgres, the real
+# local OpenID provider (installed by npm ci) and Debian's headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 eval "$(scripts/postgres.sh)"
 export DATABASE_URL
 scripts/idp.sh install
+scripts/browser.sh install
 
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings

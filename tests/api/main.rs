@@ -1,3 +1,4 @@
+mod browser;
 mod callback_faults;
 mod configuration;
 mod fake_idp;

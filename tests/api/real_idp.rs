@@ -11,8 +11,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use crate::helpers::{TestApp, browser_client, location, random_b64, spawn_on, test_settings};
 use crate::provider_login;
 
-struct RealIdp {
-    issuer: String,
+pub struct RealIdp {
+    pub issuer: String,
     child: Child,
 }
 
@@ -77,11 +77,11 @@ async fn start_idp(app_base: &str, secret: &str, access_ttl_secs: u32) -> RealId
     panic!("the local provider did not start");
 }
 
-async fn spawn_with_real_idp(opts: PgPoolOptions, db: PgConnectOptions) -> (TestApp, RealIdp) {
+pub async fn spawn_with_real_idp(opts: PgPoolOptions, db: PgConnectOptions) -> (TestApp, RealIdp) {
     spawn_with_real_idp_ttl(opts, db, 3600).await
 }
 
-async fn spawn_with_real_idp_ttl(
+pub async fn spawn_with_real_idp_ttl(
     opts: PgPoolOptions,
     db: PgConnectOptions,
     access_ttl_secs: u32,

@@ -1,0 +1,90 @@
+//! Journeys in a real headless Chromium (Debian's), driven by playwright-core scripts in
+//! `tests/browser/`, against the app and the real local provider. Screenshots of every step
+//! are kept under `target/browser-screenshots/`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::real_idp::spawn_with_real_idp;
+
+pub fn screenshot_dir(journey: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("browser-screenshots").join(journey);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs `tests/browser/<script>` with `env`; panics with its output unless it succeeds.
+pub async fn run_journey(script: &str, env: &[(&str, String)]) -> String {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "run `scripts/browser.sh install` first"
+    );
+    let script = script.to_owned();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    // The app runs on this test's runtime: wait for node off it.
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(&script)
+            .current_dir(&dir)
+            .envs(env)
+            .output()
+            .expect("node runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "browser journey failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[sqlx::test]
+async fn a_shopper_buys_two_products_logging_in_at_checkout(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let (app, idp) = spawn_with_real_idp(opts, db).await;
+    storefront::shop::demo::load(&app.pool).await.unwrap();
+    let shots = screenshot_dir("shop-journey");
+    let out = run_journey(
+        "shop-journey.mjs",
+        &[
+            ("SHOP_URL", app.address.clone()),
+            ("ISSUER", idp.issuer.clone()),
+            ("SCREENSHOT_DIR", shots.display().to_string()),
+            ("SHOPPER", "bob".into()),
+        ],
+    )
+    .await;
+    assert!(out.contains("shop journey: ok"), "{out}");
+    // What the browser saw is what the database holds.
+    let items: Vec<(String, i32)> = sqlx::query_as(
+        r#"SELECT i.name, i.quantity FROM order_items i
+           JOIN orders o USING (order_id) JOIN users u USING (user_id)
+           WHERE u.subject = 'bob' ORDER BY i.name"#,
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        items,
+        vec![
+            ("A5 Dot-Grid Notebook".into(), 2),
+            ("Ceramic Mug".into(), 1)
+        ]
+    );
+    let pngs = std::fs::read_dir(&shots).unwrap().count();
+    assert!(pngs >= 8, "a screenshot per step ({pngs})");
+}
