@@ -2,6 +2,8 @@
 //! client (a backend for frontend): tokens stay in Postgres, encrypted; the browser holds only
 //! an opaque session cookie.
 
+pub mod activity;
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod configuration;

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::oidc::{Oidc, OidcError, TokenSet};
 use super::tokens::{self, StoredTokens};
+use crate::activity::Event;
 use crate::configuration::RefreshSettings;
 use crate::crypto::TokenCipher;
 
@@ -85,10 +86,19 @@ impl Outcome {
             Outcome::RaceRecovered => "race_recovered",
         }
     }
+
+    fn event(self) -> Event {
+        match self {
+            Outcome::Ok => Event::RefreshOk,
+            Outcome::TransientFailure => Event::RefreshTransientFailure,
+            Outcome::InvalidGrant => Event::RefreshInvalidGrant,
+            Outcome::RaceRecovered => Event::RefreshRaceRecovered,
+        }
+    }
 }
 
 /// Refresh outcomes counted in this process: totals since start (for metrics) and what has
-/// not yet been added to `token_refresh_stats` (for the dashboard, across instances).
+/// not yet been added to `activity_stats` (for the dashboard, across instances).
 #[derive(Default)]
 pub struct RefreshStats {
     total: [AtomicU64; 4],
@@ -105,26 +115,14 @@ impl RefreshStats {
         self.total[outcome as usize].load(Ordering::Relaxed)
     }
 
-    /// Adds the unflushed counts to the current hour's row per outcome.
+    /// Adds the unflushed counts to `activity_stats` (as `refresh_<outcome>`).
     pub async fn flush(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         for outcome in Outcome::ALL {
             let n = self.unflushed[outcome as usize].swap(0, Ordering::Relaxed);
             if n == 0 {
                 continue;
             }
-            let written = sqlx::query(
-                r#"
-                INSERT INTO token_refresh_stats (hour, outcome, count)
-                VALUES (date_trunc('hour', now()), $1, $2)
-                ON CONFLICT (hour, outcome)
-                DO UPDATE SET count = token_refresh_stats.count + EXCLUDED.count
-                "#,
-            )
-            .bind(outcome.as_str())
-            .bind(n as i64)
-            .execute(pool)
-            .await;
-            if let Err(e) = written {
+            if let Err(e) = crate::activity::record(pool, outcome.event(), n).await {
                 // Keep the counts for the next flush.
                 self.unflushed[outcome as usize].fetch_add(n, Ordering::Relaxed);
                 return Err(e);

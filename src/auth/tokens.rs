@@ -7,7 +7,9 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::oidc::TokenSet;
+use std::sync::Arc;
+
+use super::oidc::{Oidc, TokenSet};
 use crate::crypto::TokenCipher;
 
 /// When the provider does not say how long an access token lives.
@@ -192,11 +194,52 @@ pub async fn load(
     row.map(|r| decrypt(cipher, r)).transpose()
 }
 
-/// Deletes a login's tokens; the sessions bound to it go with them (foreign-key cascade).
-pub async fn delete_login(pool: &PgPool, token_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM oauth_tokens WHERE token_id = $1")
-        .bind(token_id)
-        .execute(pool)
-        .await?;
-    Ok(())
+/// Deletes these logins (their sessions go with them) and returns their decrypted tokens,
+/// for revocation at the provider. Rows whose tokens cannot be decrypted are deleted all the
+/// same and left out.
+pub async fn delete_logins(
+    conn: impl sqlx::PgExecutor<'_>,
+    cipher: &TokenCipher,
+    token_ids: &[Uuid],
+) -> Result<Vec<StoredTokens>, sqlx::Error> {
+    let rows: Vec<TokenRow> = sqlx::query_as(
+        r#"
+        DELETE FROM oauth_tokens t USING users u
+        WHERE t.token_id = ANY($1) AND u.user_id = t.user_id
+        RETURNING t.token_id, t.user_id, u.subject, t.key_id, t.access_token, t.refresh_token,
+                  t.id_token, t.access_expires_at, t.refresh_status, t.next_attempt_at
+        "#,
+    )
+    .bind(token_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let token_id = row.token_id;
+            decrypt(cipher, row)
+                .inspect_err(|e| tracing::warn!(error = %e, %token_id, "Cannot decrypt a deleted login's tokens; not revoked at the provider"))
+                .ok()
+        })
+        .collect())
+}
+
+/// RFC 7009 revocation of the refresh and access tokens of ended logins, in the background:
+/// ending a session never waits on the provider.
+pub fn revoke_at_provider(oidc: Arc<Oidc>, logins: Vec<StoredTokens>) {
+    if logins.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for login in logins {
+            if let Some(refresh) = &login.refresh_token
+                && let Err(e) = oidc.revoke(refresh, "refresh_token").await
+            {
+                tracing::warn!(error = %e, token_id = %login.token_id, "Refresh token revocation failed");
+            }
+            if let Err(e) = oidc.revoke(&login.access_token, "access_token").await {
+                tracing::warn!(error = %e, token_id = %login.token_id, "Access token revocation failed");
+            }
+        }
+    });
 }

@@ -1,5 +1,6 @@
 //! Every route of the public contract.
 
+pub mod admin;
 pub mod auth;
 pub mod errors;
 pub mod health;
@@ -23,6 +24,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/checkout", web::post().to(shop::cart::checkout))
         .route("/orders", web::get().to(shop::orders::list_orders))
         .route("/orders/{id}", web::get().to(shop::orders::show_order))
+        .route("/admin", web::get().to(admin::dashboard))
+        .route("/admin/sessions", web::get().to(admin::sessions_page))
+        .route("/admin/sessions/{id}/revoke", web::post().to(admin::revoke))
+        .route("/admin/audit", web::get().to(admin::audit_page))
+        .route("/admin/api/sessions", web::get().to(admin::sessions_api))
         .route("/login", web::get().to(auth::login::start_login))
         .route("/callback", web::get().to(auth::callback::login_callback))
         .route("/profile", web::get().to(auth::profile::profile_page))
@@ -31,6 +37,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/backchannel-logout",
             web::post().to(auth::backchannel::backchannel_logout),
         );
+}
+
+/// The client's IP address as recorded for sessions and the audit trail.
+pub fn client_ip(req: &actix_web::HttpRequest) -> Option<String> {
+    req.peer_addr().map(|a| a.ip().to_string())
 }
 
 /// `Cache-Control: no-store` for pages that show personal data.

@@ -118,5 +118,8 @@ pub async fn run_until_stopped(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "Session cleanup failed; will retry"),
         }
+        if let Err(e) = crate::activity::delete_old(&pool).await {
+            tracing::warn!(error = %e, "Activity count cleanup failed; will retry");
+        }
     }
 }

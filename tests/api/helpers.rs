@@ -187,6 +187,31 @@ impl TestApp {
         self.login_returning_to(sub, "/profile").await
     }
 
+    /// A complete login as `sub` whose ID token claims `edit` may change (groups, email).
+    pub async fn login_with_claims(
+        &self,
+        sub: &str,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) -> reqwest::Response {
+        let (state, nonce) = self.start_login("/").await;
+        let mut claims = self.idp.valid_claims(sub, &nonce);
+        edit(&mut claims);
+        let code = format!("code-{}", uuid::Uuid::new_v4());
+        self.idp.add_code(
+            &code,
+            crate::fake_idp::Grant {
+                claims,
+                signing: crate::fake_idp::Signing::Key(0),
+            },
+        );
+        self.callback(&[
+            ("code", &code),
+            ("state", &state),
+            ("iss", &self.idp.issuer),
+        ])
+        .await
+    }
+
     /// A complete login as `sub` started from `/login?return_to=…`.
     pub async fn login_returning_to(&self, sub: &str, return_to: &str) -> reqwest::Response {
         let (state, nonce) = self.start_login(return_to).await;

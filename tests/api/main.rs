@@ -1,3 +1,4 @@
+mod admin;
 mod browser;
 mod callback_faults;
 mod configuration;

@@ -86,7 +86,7 @@ async fn a_token_is_refreshed_before_it_expires_without_any_request(
     task.await.unwrap();
     assert_eq!(app.state.refresher.stats().total(Outcome::Ok), 1);
     let recorded: i64 = sqlx::query_scalar(
-        "SELECT coalesce(sum(count), 0)::bigint FROM token_refresh_stats WHERE outcome = 'ok'",
+        "SELECT coalesce(sum(count), 0)::bigint FROM activity_stats WHERE event = 'refresh_ok'",
     )
     .fetch_one(&app.pool)
     .await

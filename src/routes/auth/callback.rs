@@ -74,7 +74,7 @@ pub async fn login_callback(
         .map_err(provider_error)?;
     let token_id = store_login(&state.pool, &state.cipher, state.oidc.issuer(), &tokens).await?;
     let client = ClientInfo {
-        ip: req.peer_addr().map(|a| a.ip().to_string()),
+        ip: crate::routes::client_ip(&req),
         user_agent: req
             .headers()
             .get(actix_web::http::header::USER_AGENT)
@@ -85,6 +85,10 @@ pub async fn login_callback(
         .log_in(token_id, &client)
         .map_err(|e| AppError::Unexpected(e.into()))?;
     tracing::info!(%token_id, "User logged in");
+    // A count for the dashboard; losing it must not fail the login.
+    if let Err(e) = crate::activity::record(&state.pool, crate::activity::Event::Login, 1).await {
+        tracing::warn!(error = %e, "Could not count the login");
+    }
     Ok(redirect(&login.return_to))
 }
 

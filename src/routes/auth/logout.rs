@@ -30,8 +30,10 @@ pub async fn log_out(
         session.log_out();
         return Ok(redirect("/"));
     };
-    let stored = tokens::load(&state.pool, &state.cipher, auth.token_id).await?;
-    tokens::delete_login(&state.pool, auth.token_id).await?;
+    // One statement: the tokens are deleted (the session rows with them) and handed back.
+    let stored = tokens::delete_logins(&state.pool, &state.cipher, &[auth.token_id])
+        .await?
+        .pop();
     session.log_out();
     let Some(stored) = stored else {
         return Ok(redirect("/"));
@@ -40,17 +42,7 @@ pub async fn log_out(
         .oidc
         .end_session_url(stored.id_token.as_ref(), &crate::crypto::random_token(16))
         .await;
-    let oidc = state.oidc.clone();
-    tokio::spawn(async move {
-        if let Some(refresh) = &stored.refresh_token
-            && let Err(e) = oidc.revoke(refresh, "refresh_token").await
-        {
-            tracing::warn!(error = %e, "Refresh token revocation failed");
-        }
-        if let Err(e) = oidc.revoke(&stored.access_token, "access_token").await {
-            tracing::warn!(error = %e, "Access token revocation failed");
-        }
-    });
+    tokens::revoke_at_provider(state.oidc.clone(), vec![stored]);
     tracing::info!(user_id = %auth.user_id, "User logged out");
     Ok(redirect(end_session.as_ref().map_or("/", |u| u.as_str())))
 }

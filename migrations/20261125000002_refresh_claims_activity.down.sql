@@ -1,2 +1,2 @@
-DROP TABLE token_refresh_stats;
+DROP TABLE activity_stats;
 ALTER TABLE oauth_tokens DROP COLUMN refresh_claim;

@@ -1,0 +1,54 @@
+//! Activity counted per minute in `activity_stats`: logins and refresh outcomes, summed over
+//! every instance, for the admin dashboard.
+
+use sqlx::PgPool;
+
+/// How long counts are kept.
+pub const RETENTION_DAYS: i32 = 30;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Login,
+    RefreshOk,
+    RefreshTransientFailure,
+    RefreshInvalidGrant,
+    RefreshRaceRecovered,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Login => "login",
+            Event::RefreshOk => "refresh_ok",
+            Event::RefreshTransientFailure => "refresh_transient_failure",
+            Event::RefreshInvalidGrant => "refresh_invalid_grant",
+            Event::RefreshRaceRecovered => "refresh_race_recovered",
+        }
+    }
+}
+
+/// Adds `n` to the current minute's count of `event`.
+pub async fn record(pool: &PgPool, event: Event, n: u64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        INSERT INTO activity_stats (minute, event, count)
+        VALUES (date_trunc('minute', now()), $1, $2)
+        ON CONFLICT (minute, event) DO UPDATE SET count = activity_stats.count + EXCLUDED.count
+        "#,
+    )
+    .bind(event.as_str())
+    .bind(i64::try_from(n).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Drops counts older than [`RETENTION_DAYS`].
+pub async fn delete_old(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let deleted =
+        sqlx::query("DELETE FROM activity_stats WHERE minute < now() - make_interval(days => $1)")
+            .bind(RETENTION_DAYS)
+            .execute(pool)
+            .await?;
+    Ok(deleted.rows_affected())
+}
