@@ -419,7 +419,9 @@ impl Refresher {
     }
 
     /// Stores refreshed tokens if `claim` still holds the row. A refresh answer without a new
-    /// refresh token keeps the old one. Returns the new expiry, or `None` if the claim was lost.
+    /// refresh token keeps the old one; groups from a refreshed ID token update the user (so
+    /// a removed admin loses access without logging out). Returns the new expiry, or `None`
+    /// if the claim was lost.
     async fn save(
         &self,
         token_id: Uuid,
@@ -428,16 +430,29 @@ impl Refresher {
     ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let sealed = tokens::seal(&self.cipher, token_id, tokens);
         let expires_at = tokens::expiry(tokens);
-        let updated = sqlx::query(
+        let groups = tokens
+            .claims
+            .as_ref()
+            .and_then(|c| c.additional_claims().groups.clone());
+        let saved: i64 = sqlx::query_scalar(
             r#"
-            UPDATE oauth_tokens
-            SET key_id = $3, access_token = $4,
-                refresh_token = COALESCE($5, refresh_token),
-                id_token = COALESCE($6, id_token),
-                access_expires_at = $7, refresh_status = 'ok', failure_count = 0,
-                next_attempt_at = NULL, refresh_claim = NULL, refresh_claimed_until = NULL,
-                last_refreshed_at = now()
-            WHERE token_id = $1 AND refresh_claim = $2
+            WITH saved AS (
+                UPDATE oauth_tokens
+                SET key_id = $3, access_token = $4,
+                    refresh_token = COALESCE($5, refresh_token),
+                    id_token = COALESCE($6, id_token),
+                    access_expires_at = $7, refresh_status = 'ok', failure_count = 0,
+                    next_attempt_at = NULL, refresh_claim = NULL, refresh_claimed_until = NULL,
+                    last_refreshed_at = now()
+                WHERE token_id = $1 AND refresh_claim = $2
+                RETURNING user_id
+            ), regrouped AS (
+                UPDATE users u SET groups = $8
+                FROM saved
+                WHERE u.user_id = saved.user_id AND $8::text[] IS NOT NULL
+                  AND u.groups IS DISTINCT FROM $8::text[]
+            )
+            SELECT count(*) FROM saved
             "#,
         )
         .bind(token_id)
@@ -447,9 +462,10 @@ impl Refresher {
         .bind(sealed.refresh)
         .bind(sealed.id)
         .bind(expires_at)
-        .execute(&self.pool)
+        .bind(groups)
+        .fetch_one(&self.pool)
         .await?;
-        Ok((updated.rows_affected() == 1).then_some(expires_at))
+        Ok((saved == 1).then_some(expires_at))
     }
 
     /// Marks the login as needing a new login, unless its refresh token is no longer the one

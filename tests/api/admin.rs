@@ -103,6 +103,35 @@ async fn admins_by_group_email_or_subject_see_the_dashboard(
     assert_eq!(by_group.get("/admin").await.status().as_u16(), 403);
 }
 
+#[sqlx::test]
+async fn groups_from_a_refreshed_id_token_take_admin_rights_away(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    app.login_with_claims("alice", as_admin).await;
+    assert_eq!(app.get("/admin").await.status().as_u16(), 200);
+    // The provider removes alice from `admins`; her next refresh says so.
+    app.idp.set_refresh_groups("alice", &["customers"]);
+    sqlx::query("UPDATE oauth_tokens SET access_expires_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let claimed = app
+        .state
+        .refresher
+        .refresh_due(&tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(claimed, 1);
+    assert_eq!(app.get("/admin").await.status().as_u16(), 403);
+    assert_eq!(
+        app.get("/orders").await.status().as_u16(),
+        200,
+        "still logged in"
+    );
+}
+
 /// `n` live sessions of `n` users, the i-th seen i minutes ago; every third needs login and
 /// every fifth is retrying.
 async fn seed_sessions(app: &TestApp, n: usize) {

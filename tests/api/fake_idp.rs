@@ -65,6 +65,8 @@ struct State {
     discovery_down: bool,
     /// Advertise and accept only client_secret_post.
     secret_post_only: bool,
+    /// `groups` claims put in ID tokens from refreshes, per subject.
+    refresh_groups: HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -96,6 +98,7 @@ impl FakeIdp {
             access_ttl: 300,
             discovery_down: false,
             secret_post_only: false,
+            refresh_groups: HashMap::new(),
         }));
         let idp = FakeIdp {
             issuer: issuer.clone(),
@@ -207,6 +210,14 @@ impl FakeIdp {
             .refresh_tokens
             .insert(token.clone(), (sub.to_owned(), true));
         token
+    }
+
+    /// ID tokens from refreshes for `sub` carry these groups from now on.
+    pub fn set_refresh_groups(&self, sub: &str, groups: &[&str]) {
+        self.state.lock().unwrap().refresh_groups.insert(
+            sub.to_owned(),
+            groups.iter().map(|g| (*g).to_owned()).collect(),
+        );
     }
 
     pub fn set_access_ttl(&self, secs: u64) {
@@ -396,9 +407,12 @@ async fn token(
             }
             state.refresh_tokens.insert(presented, (sub.clone(), false));
             let now = chrono::Utc::now().timestamp();
-            let claims = json!({
+            let mut claims = json!({
                 "iss": ctx.issuer, "aud": CLIENT_ID, "sub": sub, "iat": now, "exp": now + 300,
             });
+            if let Some(groups) = state.refresh_groups.get(&sub) {
+                claims["groups"] = json!(groups);
+            }
             (sub, sign(&claims, Signing::Key(state.published[0]), "JWT"))
         }
         _ => return oauth_error("unsupported_grant_type"),
