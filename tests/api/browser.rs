@@ -88,3 +88,36 @@ async fn a_shopper_buys_two_products_logging_in_at_checkout(
     let pngs = std::fs::read_dir(&shots).unwrap().count();
     assert!(pngs >= 8, "a screenshot per step ({pngs})");
 }
+
+#[sqlx::test]
+async fn an_admin_revokes_a_shoppers_session_from_the_dashboard(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let (app, idp) = spawn_with_real_idp(opts, db).await;
+    let shots = screenshot_dir("admin-journey");
+    let out = run_journey(
+        "admin-journey.mjs",
+        &[
+            ("SHOP_URL", app.address.clone()),
+            ("ISSUER", idp.issuer.clone()),
+            ("SCREENSHOT_DIR", shots.display().to_string()),
+        ],
+    )
+    .await;
+    assert!(out.contains("admin journey: ok"), "{out}");
+    let audit: Vec<(String, String)> =
+        sqlx::query_as("SELECT admin_subject, target_subject FROM admin_audit")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(audit, vec![("alice".into(), "bob".into())]);
+    let bob_sessions: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM sessions s JOIN oauth_tokens t USING (token_id)
+           JOIN users u USING (user_id) WHERE u.subject = 'bob'"#,
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(bob_sessions, 0);
+}
