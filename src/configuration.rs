@@ -38,6 +38,10 @@ pub struct Settings {
     pub refresh: RefreshSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +56,45 @@ pub struct ServerSettings {
     pub static_dir: PathBuf,
     #[serde(default = "default_templates_dir")]
     pub templates_dir: PathBuf,
+    /// Reverse proxies (IPs or CIDR ranges) whose `X-Forwarded-For` is believed. Requests
+    /// from anywhere else are taken to come from their peer address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Seconds a client has to send a request's headers; slow clients get 408.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// Per-client-IP limits on `/login`, `/callback`, `/backchannel-logout` and admin POSTs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// Sustained requests per minute per client IP and route group.
+    pub per_minute: u32,
+    /// Requests allowed at once before the per-minute rate applies.
+    pub burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_minute: 30,
+            burst: 10,
+        }
+    }
+}
+
+/// `GET /metrics`: open by default (bind it to an internal network), or behind a bearer token.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MetricsSettings {
+    /// When set, scrapes must send `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +208,12 @@ pub struct AdminSettings {
     pub emails: Vec<String>,
 }
 
+fn default_request_timeout_secs() -> u64 {
+    10
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    20
+}
 fn default_log_format() -> String {
     "pretty".into()
 }
@@ -217,6 +266,7 @@ const LIST_KEYS: &[&str] = &[
     "admin.subjects",
     "admin.emails",
     "tokens.previous_keys",
+    "server.trusted_proxies",
 ];
 
 /// The folder holding `default.toml`: `STOREFRONT_CONFIG_DIR`, else `./config`.
@@ -283,6 +333,27 @@ pub fn get_configuration_with(
     Ok(settings)
 }
 
+impl ServerSettings {
+    /// `server.trusted_proxies` parsed: single addresses become /32 or /128 networks.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .map(|entry| {
+                let entry = entry.trim();
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "server.trusted_proxies",
+                            format!("`{entry}` is not an IP address or CIDR range"),
+                        )
+                    })
+            })
+            .collect()
+    }
+}
+
 impl Settings {
     /// Checks what serde cannot: key lengths, URL shapes, sane numbers.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -315,6 +386,13 @@ impl Settings {
             return Err(invalid(
                 "session.cookie_name",
                 "must be a name of the shop's own (not `id` or `_session`)",
+            ));
+        }
+        self.server.trusted_proxies()?;
+        if self.rate_limit.per_minute == 0 || self.rate_limit.burst == 0 {
+            return Err(invalid(
+                "rate_limit.per_minute",
+                "and rate_limit.burst must be positive (set rate_limit.enabled = false to turn limits off)",
             ));
         }
         let r = &self.refresh;

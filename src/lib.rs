@@ -10,6 +10,8 @@ pub mod configuration;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod metrics;
+pub mod net;
 pub mod routes;
 pub mod session;
 pub mod shop;

@@ -20,7 +20,10 @@ use crate::auth::oidc::Oidc;
 use crate::auth::refresh::Refresher;
 use crate::configuration::Settings;
 use crate::crypto::TokenCipher;
+use crate::metrics::Metrics;
+use crate::net::TrustedProxies;
 use crate::routes;
+use crate::routes::rate_limit::RateLimits;
 use crate::session::{PgSessionStore, SessionTimeouts};
 
 /// Everything a handler needs, shared by all workers.
@@ -30,6 +33,8 @@ pub struct AppState {
     pub oidc: Arc<Oidc>,
     pub cipher: Arc<TokenCipher>,
     pub refresher: Arc<Refresher>,
+    pub metrics: Arc<Metrics>,
+    pub proxies: TrustedProxies,
     pub settings: Settings,
 }
 
@@ -69,13 +74,16 @@ impl Application {
             tracing::warn!(error = %e, "OpenID provider unreachable at start-up; public pages only until it answers");
         }
         let cipher = Arc::new(TokenCipher::new(settings.tokens.keys()?));
+        let metrics = Arc::new(Metrics::new());
         let refresher = Arc::new(Refresher::new(
             pool.clone(),
             cipher.clone(),
             oidc.clone(),
             settings.refresh.clone(),
             Duration::from_secs(settings.oidc.http_timeout_secs),
+            metrics.refreshes.clone(),
         ));
+        let proxies = TrustedProxies::new(settings.server.trusted_proxies()?);
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool,
@@ -83,6 +91,8 @@ impl Application {
             oidc,
             cipher,
             refresher,
+            metrics,
+            proxies,
             settings,
         });
         let server = run(listener, state.clone())?;
@@ -168,6 +178,9 @@ fn session_middleware(settings: &Settings, pool: PgPool) -> SessionMiddleware<Pg
 }
 
 fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
+    // Built once, outside the worker factory, so every worker shares the same buckets.
+    let limits = RateLimits::new(&state.settings.rate_limit, &state.proxies);
+    let server_settings = state.settings.server.clone();
     let server = HttpServer::new(move || {
         let static_dir = state.settings.server.static_dir.clone();
         App::new()
@@ -176,7 +189,8 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
             .wrap(from_fn(routes::errors::errors_to_responses))
             .wrap(from_fn(routes::errors::limit_query_length))
             .wrap(ErrorHandlers::new().default_handler(routes::errors::render_error_page))
-            .wrap(DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
+            .wrap(routes::security::headers(&state.settings))
+            .wrap(from_fn(crate::metrics::record_requests))
             .wrap(TracingLogger::default())
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(routes::errors::bad_query))
@@ -186,7 +200,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
                     .limit(16 * 1024)
                     .error_handler(routes::errors::bad_form),
             )
-            .configure(routes::configure)
+            .configure(|cfg| routes::configure(cfg, &limits))
             .service(
                 web::scope("/static")
                     .wrap(DefaultHeaders::new().add(("Cache-Control", "public, max-age=3600")))
@@ -199,7 +213,9 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
             )
             .default_service(web::to(routes::errors::not_found))
     })
-    .shutdown_timeout(10)
+    .client_request_timeout(Duration::from_secs(server_settings.request_timeout_secs))
+    .client_disconnect_timeout(Duration::from_secs(5))
+    .shutdown_timeout(server_settings.shutdown_timeout_secs)
     .listen(listener)?
     .run();
     Ok(server)

@@ -192,6 +192,8 @@ pub async fn start_stack(
         ("session.secret_key", random_b64(64)),
         ("tokens.encryption_key", random_b64(32)),
         ("server.public_url", shop.clone()),
+        // Every simulated user comes from 127.0.0.1.
+        ("rate_limit.enabled", "false".into()),
         (
             "server.templates_dir",
             root().join("templates").display().to_string(),

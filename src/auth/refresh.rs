@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
+use prometheus::IntCounterVec;
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, Semaphore, SemaphorePermit};
@@ -97,22 +98,29 @@ impl Outcome {
     }
 }
 
-/// Refresh outcomes counted in this process: totals since start (for metrics) and what has
-/// not yet been added to `activity_stats` (for the dashboard, across instances).
-#[derive(Default)]
+/// Refresh outcomes counted in this process: totals since start (the Prometheus counter
+/// `token_refreshes_total`) and what has not yet been added to `activity_stats` (for the
+/// dashboard, across instances).
 pub struct RefreshStats {
-    total: [AtomicU64; 4],
+    total: IntCounterVec,
     unflushed: [AtomicU64; 4],
 }
 
 impl RefreshStats {
+    fn new(total: IntCounterVec) -> Self {
+        Self {
+            total,
+            unflushed: Default::default(),
+        }
+    }
+
     fn record(&self, outcome: Outcome) {
-        self.total[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.total.with_label_values(&[outcome.as_str()]).inc();
         self.unflushed[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn total(&self, outcome: Outcome) -> u64 {
-        self.total[outcome as usize].load(Ordering::Relaxed)
+        self.total.with_label_values(&[outcome.as_str()]).get()
     }
 
     /// Adds the unflushed counts to `activity_stats` (as `refresh_<outcome>`).
@@ -221,6 +229,7 @@ impl Refresher {
         oidc: Arc<Oidc>,
         settings: RefreshSettings,
         http_timeout: Duration,
+        outcomes: IntCounterVec,
     ) -> Self {
         Self {
             limiter: Limiter::new(settings.max_concurrency, settings.max_per_sec),
@@ -229,7 +238,7 @@ impl Refresher {
             oidc,
             settings,
             http_timeout,
-            stats: RefreshStats::default(),
+            stats: RefreshStats::new(outcomes),
             in_flight: SyncMutex::new(HashMap::new()),
         }
     }

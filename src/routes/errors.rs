@@ -111,11 +111,16 @@ pub fn bad_path(_err: error::PathError, _req: &HttpRequest) -> actix_web::Error 
 }
 
 pub fn bad_form(err: error::UrlencodedError, _req: &HttpRequest) -> actix_web::Error {
-    let message = match err {
-        error::UrlencodedError::Overflow { .. } => "The form is too large.".to_owned(),
-        other => format!("The form could not be read: {other}"),
-    };
-    AppError::BadRequest(message).into()
+    match err {
+        error::UrlencodedError::Overflow { .. } => {
+            let mut response = HttpResponse::PayloadTooLarge().finish();
+            response
+                .extensions_mut()
+                .insert(ErrorMessage("The form is too large.".into()));
+            error::InternalError::from_response("form too large", response).into()
+        }
+        other => AppError::BadRequest(format!("The form could not be read: {other}")).into(),
+    }
 }
 
 /// Longest query string accepted; anything longer is an attack or a bug (414).

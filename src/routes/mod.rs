@@ -4,12 +4,19 @@ pub mod admin;
 pub mod auth;
 pub mod errors;
 pub mod health;
+pub mod metrics;
+pub mod rate_limit;
+pub mod security;
 pub mod shop;
 
 use actix_web::web;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+use crate::startup::State;
+use rate_limit::RateLimits;
+
+pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits) {
     cfg.route("/health", web::get().to(health::health_check))
+        .route("/metrics", web::get().to(metrics::metrics))
         .route("/", web::get().to(shop::catalogue::home))
         .route(
             "/products/{slug}",
@@ -26,22 +33,45 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/orders/{id}", web::get().to(shop::orders::show_order))
         .route("/admin", web::get().to(admin::dashboard))
         .route("/admin/sessions", web::get().to(admin::sessions_page))
-        .route("/admin/sessions/{id}/revoke", web::post().to(admin::revoke))
+        .service(
+            web::resource("/admin/sessions/{id}/revoke")
+                .wrap(limits.admin())
+                .route(web::post().to(admin::revoke)),
+        )
         .route("/admin/audit", web::get().to(admin::audit_page))
         .route("/admin/api/sessions", web::get().to(admin::sessions_api))
-        .route("/login", web::get().to(auth::login::start_login))
-        .route("/callback", web::get().to(auth::callback::login_callback))
+        .service(
+            web::resource("/login")
+                .wrap(limits.login())
+                .route(web::get().to(auth::login::start_login)),
+        )
+        .service(
+            web::resource("/callback")
+                .wrap(limits.callback())
+                .route(web::get().to(auth::callback::login_callback)),
+        )
         .route("/profile", web::get().to(auth::profile::profile_page))
         .route("/logout", web::post().to(auth::logout::log_out))
-        .route(
-            "/backchannel-logout",
-            web::post().to(auth::backchannel::backchannel_logout),
+        .service(
+            web::resource("/backchannel-logout")
+                .wrap(limits.backchannel())
+                .route(web::post().to(auth::backchannel::backchannel_logout)),
         );
 }
 
-/// The client's IP address as recorded for sessions and the audit trail.
+/// The client's IP address as recorded for sessions and the audit trail: the peer, or what
+/// a trusted reverse proxy says in `X-Forwarded-For` (`server.trusted_proxies`).
 pub fn client_ip(req: &actix_web::HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let peer = req.peer_addr().map(|a| a.ip());
+    let ip = match req.app_data::<State>() {
+        Some(state) => state.proxies.client_ip(peer, forwarded),
+        None => peer,
+    };
+    ip.map(|ip| ip.to_string())
 }
 
 /// `Cache-Control: no-store` for pages that show personal data.

@@ -275,7 +275,9 @@ async fn discovery_is_retried_until_the_provider_answers(
 ) {
     let idp = crate::fake_idp::FakeIdp::start().await;
     idp.set_discovery_down(true);
-    let app = crate::helpers::spawn_app_with_idp(opts, db, idp, |_| {}).await;
+    // This test polls /login; the rate limit is not what it is about.
+    let app =
+        crate::helpers::spawn_app_with_idp(opts, db, idp, |s| s.rate_limit.enabled = false).await;
     assert_eq!(app.get("/login").await.status().as_u16(), 503);
     app.idp.set_discovery_down(false);
     // Requests retry discovery at most every 2 s.

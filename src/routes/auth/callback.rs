@@ -33,7 +33,23 @@ pub async fn login_callback(
     session: TypedSession,
     query: web::Query<CallbackQuery>,
 ) -> Result<HttpResponse> {
-    let query = query.into_inner();
+    let result = complete_login(&req, &state, &session, query.into_inner()).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(AppError::Unavailable(_) | AppError::BadGateway(_)) => "provider_unavailable",
+        Err(AppError::Unexpected(_)) => "error",
+        Err(_) => "rejected",
+    };
+    state.metrics.logins.with_label_values(&[outcome]).inc();
+    result
+}
+
+async fn complete_login(
+    req: &HttpRequest,
+    state: &State,
+    session: &TypedSession,
+    query: CallbackQuery,
+) -> Result<HttpResponse> {
     let Some(state_param) = query
         .state
         .as_deref()
@@ -74,7 +90,7 @@ pub async fn login_callback(
         .map_err(provider_error)?;
     let token_id = store_login(&state.pool, &state.cipher, state.oidc.issuer(), &tokens).await?;
     let client = ClientInfo {
-        ip: crate::routes::client_ip(&req),
+        ip: crate::routes::client_ip(req),
         user_agent: req
             .headers()
             .get(actix_web::http::header::USER_AGENT)

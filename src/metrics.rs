@@ -1,0 +1,191 @@
+//! Prometheus metrics, one registry per app (no process-global state, so several apps can run
+//! in one process, as the tests do). Counters and histograms are updated as things happen;
+//! gauges that describe the database (active sessions, due-token backlog, pool use) are read
+//! when `/metrics` is scraped.
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sqlx::PgPool;
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    pub logins: IntCounterVec,
+    pub refreshes: IntCounterVec,
+    active_sessions: IntGauge,
+    due_backlog: IntGauge,
+    pool_connections: IntGaugeVec,
+    pool_max: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("storefront".into()), None).expect("a valid prefix");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route pattern, method and status",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to the response head, by route pattern and method",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["route", "method"],
+        )
+        .expect("valid metric");
+        let logins = IntCounterVec::new(
+            Opts::new("logins_total", "Completed /callback requests by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let refreshes = IntCounterVec::new(
+            Opts::new("token_refreshes_total", "Token refresh attempts by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let active_sessions = IntGauge::new(
+            "active_sessions",
+            "Live logged-in sessions (read at scrape time)",
+        )
+        .expect("valid metric");
+        let due_backlog = IntGauge::new(
+            "due_tokens",
+            "Tokens within the refresh lead time and not backing off (read at scrape time)",
+        )
+        .expect("valid metric");
+        let pool_connections = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Postgres pool connections by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        let pool_max = IntGauge::new("db_pool_max_connections", "Postgres pool size limit")
+            .expect("valid metric");
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(logins.clone()),
+            Box::new(refreshes.clone()),
+            Box::new(active_sessions.clone()),
+            Box::new(due_backlog.clone()),
+            Box::new(pool_connections.clone()),
+            Box::new(pool_max.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            logins,
+            refreshes,
+            active_sessions,
+            due_backlog,
+            pool_connections,
+            pool_max,
+        }
+    }
+
+    fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .with_label_values(&[route, method, status.to_string().as_str()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[route, method])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition, after reading the database gauges (skipped, and left at their
+    /// last values, if Postgres does not answer within a second).
+    pub async fn render(&self, pool: &PgPool, lead_secs: u64) -> String {
+        let counts = tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query_as::<_, (i64, i64)>(
+                r#"
+                SELECT
+                  (SELECT count(*) FROM sessions WHERE token_id IS NOT NULL AND expires_at > now()),
+                  (SELECT count(*) FROM oauth_tokens
+                    WHERE refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
+                      AND access_expires_at < now() + make_interval(secs => $1)
+                      AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+                "#,
+            )
+            .bind(lead_secs as f64)
+            .fetch_one(pool),
+        )
+        .await;
+        match counts {
+            Ok(Ok((sessions, due))) => {
+                self.active_sessions.set(sessions);
+                self.due_backlog.set(due);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "Metrics: database gauges not read"),
+            Err(_) => tracing::warn!("Metrics: database gauges timed out"),
+        }
+        let idle = pool.num_idle() as i64;
+        self.pool_connections.with_label_values(&["idle"]).set(idle);
+        self.pool_connections
+            .with_label_values(&["in_use"])
+            .set(i64::from(pool.size()) - idle);
+        self.pool_max
+            .set(i64::from(pool.options().get_max_connections()));
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts every request by its route pattern (`/products/{slug}`, never the raw path, so
+/// the label set stays bounded) and times it.
+pub async fn record_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<crate::startup::State>().cloned();
+    let method = req.method().clone();
+    let result = next.call(req).await;
+    if let Some(state) = state {
+        let (route, status) = match &result {
+            Ok(res) => (
+                res.request()
+                    .match_pattern()
+                    .unwrap_or_else(|| "unmatched".to_owned()),
+                res.status().as_u16(),
+            ),
+            Err(e) => (
+                "unmatched".to_owned(),
+                e.as_response_error().status_code().as_u16(),
+            ),
+        };
+        state
+            .metrics
+            .observe(&route, method.as_str(), status, started.elapsed());
+    }
+    result
+}
