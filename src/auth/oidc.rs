@@ -588,6 +588,12 @@ impl Oidc {
                         description: None,
                     }
                 }
+                openidconnect::UserInfoError::Response(status, _, _)
+                    if status.is_server_error()
+                        || status == openidconnect::http::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    OidcError::Unavailable(format!("userinfo answered {status}"))
+                }
                 openidconnect::UserInfoError::Request(e) => OidcError::Unavailable(error_chain(&e)),
                 other => OidcError::InvalidResponse(error_chain(&other)),
             })

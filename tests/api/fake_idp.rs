@@ -67,6 +67,8 @@ struct State {
     secret_post_only: bool,
     /// `groups` claims put in ID tokens from refreshes, per subject.
     refresh_groups: HashMap<String, Vec<String>>,
+    /// Every endpoint answers 503 (the whole provider is down).
+    down: bool,
 }
 
 #[derive(Clone)]
@@ -99,6 +101,7 @@ impl FakeIdp {
             discovery_down: false,
             secret_post_only: false,
             refresh_groups: HashMap::new(),
+            down: false,
         }));
         let idp = FakeIdp {
             issuer: issuer.clone(),
@@ -124,6 +127,7 @@ impl FakeIdp {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(ctx.clone())
+                .wrap(actix_web::middleware::from_fn(unless_down))
                 .route(
                     "/.well-known/openid-configuration",
                     web::get().to(discovery),
@@ -179,6 +183,11 @@ impl FakeIdp {
     /// Publishes exactly these keys in the JWKS (key rotation).
     pub fn publish_keys(&self, keys: &[usize]) {
         self.state.lock().unwrap().published = keys.to_vec();
+    }
+
+    /// The whole provider goes down (every endpoint 503) or comes back.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
     }
 
     pub fn set_discovery_down(&self, down: bool) {
@@ -314,6 +323,20 @@ async fn jwks(ctx: web::Data<Ctx>) -> HttpResponse {
 
 fn oauth_error(error: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(json!({ "error": error }))
+}
+
+async fn unless_down(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let down = req
+        .app_data::<web::Data<Ctx>>()
+        .is_some_and(|ctx| ctx.state.lock().unwrap().down);
+    if down {
+        let response = HttpResponse::ServiceUnavailable().body("provider down");
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    next.call(req).await.map(|r| r.map_into_left_body())
 }
 
 /// Counts a token request as in progress until dropped.

@@ -100,6 +100,7 @@ pub async fn spawn_app_with_idp(
     settings.server.public_url = Url::parse(&address).unwrap();
     customize(&mut settings);
     let pool = pool_opts
+        .max_connections(settings.database.max_connections)
         .acquire_timeout(settings.database.acquire_timeout())
         .connect_lazy_with(db);
     spawn_on(settings, pool, listener, idp).await

@@ -3,6 +3,7 @@ mod browser;
 mod callback_faults;
 mod configuration;
 mod fake_idp;
+mod hardening;
 mod health;
 mod helpers;
 mod login;
