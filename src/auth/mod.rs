@@ -89,4 +89,52 @@ mod tests {
         }
         assert_eq!(safe_return_to(None), "/");
     }
+
+    mod properties {
+        use super::safe_return_to;
+        use proptest::prelude::*;
+
+        /// Where a browser would go from a page on `http://shop.invalid/…` given `location`.
+        fn destination_host(location: &str) -> Option<String> {
+            url::Url::parse("http://shop.invalid/some/page")
+                .unwrap()
+                .join(location)
+                .unwrap()
+                .host_str()
+                .map(str::to_owned)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn whatever_comes_in_the_result_stays_on_the_site(input in any::<String>()) {
+                let out = safe_return_to(Some(&input));
+                prop_assert!(out.starts_with('/'));
+                prop_assert!(!out.starts_with("//") && !out.contains('\\'));
+                prop_assert!(!out.chars().any(char::is_control));
+                let host = destination_host(&out);
+                prop_assert_eq!(host.as_deref(), Some("shop.invalid"));
+                // Idempotent: a sanitised path is accepted as it is.
+                prop_assert_eq!(safe_return_to(Some(&out)), out);
+            }
+
+            #[test]
+            fn url_like_inputs_never_leave_the_site(
+                scheme in prop::sample::select(vec!["", "http:", "https:", "javascript:", "//", "/\\", "\\\\", "/%2f", "/%5c"]),
+                host in "[a-z.]{1,20}",
+                rest in "[ -~]{0,40}",
+            ) {
+                let input = format!("{scheme}{host}/{rest}");
+                let out = safe_return_to(Some(&input));
+                let host = destination_host(&out);
+                prop_assert_eq!(host.as_deref(), Some("shop.invalid"), "{} -> {}", input, out);
+            }
+
+            #[test]
+            fn ordinary_paths_are_kept(path in "(/[a-z0-9_-]{1,12}){1,4}(\\?[a-z]{1,5}=[a-z0-9]{0,8})?") {
+                prop_assert_eq!(safe_return_to(Some(&path)), path);
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod health;
 mod helpers;
 mod login;
 mod migrations;
+mod properties;
 #[path = "../support/provider_login.rs"]
 #[allow(dead_code)]
 mod provider_login;
@@ -15,3 +16,4 @@ mod real_idp;
 mod refresh;
 mod sessions;
 mod shop;
+mod shutdown;
