@@ -62,7 +62,7 @@ async fn callback_queries(opts: PgPoolOptions, db: PgConnectOptions) {
         let mut client = browser_client();
         let mut query: Vec<(String, String)> =
             query.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        if query.len() % 2 == 0 {
+        if query.len().is_multiple_of(2) {
             let mut real = app.clone();
             real.client = browser_client();
             let (state, _) = real.start_login("/").await;
