@@ -66,6 +66,10 @@ pub struct ServerSettings {
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Benchmarks only: serve `GET /_bench/baseline`, a bare handler doing one primary-key
+    /// select, to compare the shop's pages with.
+    #[serde(default)]
+    pub baseline_route: bool,
 }
 
 /// Per-client-IP limits on `/login`, `/callback`, `/backchannel-logout` and admin POSTs.

@@ -20,6 +20,8 @@ pub struct Metrics {
     http_duration: HistogramVec,
     pub logins: IntCounterVec,
     pub refreshes: IntCounterVec,
+    /// Time spent waiting for the provider, by call (`token_exchange`, `userinfo`).
+    pub provider_duration: HistogramVec,
     active_sessions: IntGauge,
     due_backlog: IntGauge,
     pool_connections: IntGaugeVec,
@@ -59,6 +61,17 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let provider_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "provider_request_duration_seconds",
+                "Time spent in calls to the identity provider, by call",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["call"],
+        )
+        .expect("valid metric");
         let active_sessions = IntGauge::new(
             "active_sessions",
             "Live logged-in sessions (read at scrape time)",
@@ -81,6 +94,7 @@ impl Metrics {
             Box::new(http_duration.clone()),
             Box::new(logins.clone()),
             Box::new(refreshes.clone()),
+            Box::new(provider_duration.clone()),
             Box::new(active_sessions.clone()),
             Box::new(due_backlog.clone()),
             Box::new(pool_connections.clone()),
@@ -96,6 +110,7 @@ impl Metrics {
             http_duration,
             logins,
             refreshes,
+            provider_duration,
             active_sessions,
             due_backlog,
             pool_connections,

@@ -200,7 +200,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
                     .limit(16 * 1024)
                     .error_handler(routes::errors::bad_form),
             )
-            .configure(|cfg| routes::configure(cfg, &limits))
+            .configure(|cfg| routes::configure(cfg, &limits, server_settings.baseline_route))
             .service(
                 web::scope("/static")
                     .wrap(DefaultHeaders::new().add(("Cache-Control", "public, max-age=3600")))

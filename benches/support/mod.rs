@@ -33,7 +33,7 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn random_b64(n: usize) -> String {
+pub fn random_b64(n: usize) -> String {
     let bytes: Vec<u8> = (0..n).map(|_| rand::random::<u8>()).collect();
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -47,11 +47,11 @@ impl Drop for Idp {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn start_idp(port: u16, shop: &str, secret: &str) -> anyhow::Result<Idp> {
+pub async fn start_idp(port: u16, shop: &str, secret: &str) -> anyhow::Result<Idp> {
     let dir = root().join("idp");
     if !dir.join("node_modules/oidc-provider").exists() {
         bail!("run `scripts/idp.sh install` first");

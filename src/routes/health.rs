@@ -40,3 +40,17 @@ fn unavailable(provider: &str) -> HttpResponse {
         "status": "unavailable", "database": "unreachable", "identity_provider": provider,
     }))
 }
+
+/// `GET /_bench/baseline` (only with `server.baseline_route`): the least a database-backed
+/// handler can do — one primary-key select on the shop's pool — for benchmarks to compare the
+/// real pages with.
+pub async fn baseline(state: State) -> Result<HttpResponse, crate::error::AppError> {
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT name FROM products WHERE product_id = $1")
+            .bind(1_i64)
+            .fetch_optional(&state.pool)
+            .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(name.unwrap_or_default()))
+}

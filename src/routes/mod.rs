@@ -14,7 +14,10 @@ use actix_web::web;
 use crate::startup::State;
 use rate_limit::RateLimits;
 
-pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits) {
+pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bool) {
+    if baseline {
+        cfg.route("/_bench/baseline", web::get().to(health::baseline));
+    }
     cfg.route("/health", web::get().to(health::health_check))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/", web::get().to(shop::catalogue::home))

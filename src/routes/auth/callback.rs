@@ -83,11 +83,14 @@ async fn complete_login(
         .ok_or_else(|| {
             AppError::BadRequest("The sign-in response has no authorization code.".into())
         })?;
-    let tokens = state
-        .oidc
-        .exchange_code(code, &login)
-        .await
-        .map_err(provider_error)?;
+    let started = std::time::Instant::now();
+    let exchanged = state.oidc.exchange_code(code, &login).await;
+    state
+        .metrics
+        .provider_duration
+        .with_label_values(&["token_exchange"])
+        .observe(started.elapsed().as_secs_f64());
+    let tokens = exchanged.map_err(provider_error)?;
     let token_id = store_login(&state.pool, &state.cipher, state.oidc.issuer(), &tokens).await?;
     let client = ClientInfo {
         ip: crate::routes::client_ip(req),

@@ -1,0 +1,363 @@
+//! The shop over HTTP, side by side with a baseline, in one run:
+//!
+//! - the release binary serves a fresh `storefront_bench` database holding `BENCH_SESSIONS`
+//!   synthetic sessions (default 100,000) and the demo catalogue, with the local provider;
+//! - `BENCH_USERS` users (default 64) log in through the provider's form;
+//! - `wrk` (a second process) drives `BENCH_CONNECTIONS` connections (default 64) for
+//!   `BENCH_SECONDS` (default 10) against: the baseline (`/_bench/baseline`, one primary-key
+//!   select), a public page (`/`, catalogue), and authenticated pages (`/cart`: session +
+//!   token state only; `/orders`: plus the user's orders), rotating the users' cookies;
+//! - Postgres round trips per request come from `pg_stat_database` (transactions committed
+//!   in the bench database during the run, divided by the requests);
+//! - the login round trip is timed apart from the provider's own time (the shop's
+//!   `provider_request_duration_seconds` metric);
+//! - peak RSS of the server is read from `/proc/<pid>/status` (`VmHWM`).
+//!
+//! Run with `bench/run.sh`.
+
+mod support;
+
+use std::io::Write as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::cookie::{CookieStore, Jar};
+use sqlx::PgPool;
+use support::{env_usize, fill, free_port, fresh_database, millis, random_b64, root, start_idp};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+/// What `wrk --latency` reports.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    requests: u64,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+fn parse_ms(value: &str) -> f64 {
+    let value = value.trim();
+    let (number, factor) = if let Some(v) = value.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = value.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = value.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (value, 1.0)
+    };
+    number.parse::<f64>().unwrap_or(f64::NAN) * factor
+}
+
+fn parse_wrk(output: &str) -> anyhow::Result<Load> {
+    let mut load = Load {
+        requests: 0,
+        per_sec: 0.0,
+        p50_ms: f64::NAN,
+        p99_ms: f64::NAN,
+        non_2xx: 0,
+    };
+    for line in output.lines().map(str::trim) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["50%", v] => load.p50_ms = parse_ms(v),
+            ["99%", v] => load.p99_ms = parse_ms(v),
+            ["Requests/sec:", v] => load.per_sec = v.parse()?,
+            [n, "requests", "in", ..] => load.requests = n.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", n] => load.non_2xx = n.parse()?,
+            _ => {}
+        }
+    }
+    if load.requests == 0 {
+        bail!("could not read wrk's output:\n{output}");
+    }
+    Ok(load)
+}
+
+/// Transactions committed in the bench database so far (each statement outside a
+/// transaction is one, so this counts round trips).
+async fn transactions(pool: &PgPool) -> anyhow::Result<i64> {
+    // Backends publish their counts at most once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await?;
+    Ok(sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+async fn wrk(
+    url: &str,
+    cookies: &[String],
+    connections: usize,
+    seconds: usize,
+    pool: &PgPool,
+) -> anyhow::Result<(Load, f64)> {
+    let mut script = tempfile("wrk-cookies.lua")?;
+    writeln!(script.1, "local cookies = {{")?;
+    for cookie in cookies {
+        writeln!(script.1, "  {cookie:?},")?;
+    }
+    writeln!(
+        script.1,
+        "}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  if #cookies == 0 then return wrk.format(nil) end\n  return wrk.format(nil, nil, {{ [\"Cookie\"] = cookies[(i % #cookies) + 1] }})\nend"
+    )?;
+    drop(script.1);
+    let before = transactions(pool).await?;
+    let output = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+        ])
+        .args(["-s", &script.0])
+        .arg(url)
+        .output()
+        .context("running wrk (Debian package `wrk`)")?;
+    let after = transactions(pool).await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let load = parse_wrk(&text)?;
+    // The two snapshot queries themselves are transactions too.
+    let round_trips = (after - before - 2) as f64 / load.requests as f64;
+    Ok((load, round_trips))
+}
+
+fn tempfile(name: &str) -> anyhow::Result<(String, std::fs::File)> {
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    Ok((path.display().to_string(), std::fs::File::create(&path)?))
+}
+
+fn peak_rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .context("VmHWM")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb / 1024.0)
+}
+
+/// Sum and count of a histogram in the shop's `/metrics`.
+async fn histogram(shop: &str, name: &str, label: &str) -> anyhow::Result<(f64, f64)> {
+    let text = reqwest::get(format!("{shop}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let value = |suffix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}_{suffix}{{{label}}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((value("sum"), value("count")))
+}
+
+/// One login through the provider; returns the session cookie and the time spent in the
+/// shop's `/login` and `/callback` (the provider's pages are not counted).
+async fn log_in(shop: &str, user: &str) -> anyhow::Result<(String, Duration)> {
+    let jar = Arc::new(Jar::default());
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_provider(jar.clone())
+        .build()?;
+    let provider = support::provider_login::cookie_client();
+    let started = Instant::now();
+    let login = client.get(format!("{shop}/login")).send().await?;
+    let mut shop_time = started.elapsed();
+    let authorize = login
+        .headers()
+        .get("location")
+        .context("a redirect to the provider")?
+        .to_str()?
+        .to_owned();
+    let back = support::provider_login::through_provider(&provider, &authorize, shop, user).await;
+    let started = Instant::now();
+    let callback = client.get(&back).send().await?;
+    shop_time += started.elapsed();
+    anyhow::ensure!(
+        callback.status().as_u16() == 303,
+        "callback: {}",
+        callback.status()
+    );
+    let url = reqwest::Url::parse(shop)?;
+    let cookie = jar
+        .cookies(&url)
+        .context("a session cookie")?
+        .to_str()?
+        .to_owned();
+    Ok((cookie, shop_time))
+}
+
+async fn run() -> anyhow::Result<()> {
+    let sessions = env_usize("BENCH_SESSIONS", 100_000);
+    let users = env_usize("BENCH_USERS", 64);
+    let connections = env_usize("BENCH_CONNECTIONS", 64);
+    let seconds = env_usize("BENCH_SECONDS", 10);
+
+    let (pool, db_url) = fresh_database().await?;
+    let filled = fill(&pool, sessions).await?;
+    storefront::shop::demo::load(&pool).await?;
+    println!(
+        "filled {sessions} synthetic sessions in {:.1} s",
+        filled.as_secs_f64()
+    );
+
+    let port = free_port()?;
+    let shop = format!("http://127.0.0.1:{port}");
+    let idp_port = free_port()?;
+    let secret = random_b64(24);
+    let _idp = start_idp(idp_port, &shop, &secret).await?;
+    let server = Server(
+        Command::new(env!("CARGO_BIN_EXE_storefront"))
+            .arg("serve")
+            .env("STOREFRONT_CONFIG_DIR", root().join("config"))
+            .env("STOREFRONT_ENV", "test")
+            .env("RUST_LOG", "warn")
+            .env("DATABASE_URL", &db_url)
+            .env("STOREFRONT__DATABASE__MAX_CONNECTIONS", "16")
+            .env("STOREFRONT__SERVER__PORT", port.to_string())
+            .env("STOREFRONT__SERVER__PUBLIC_URL", &shop)
+            .env("STOREFRONT__SERVER__BASELINE_ROUTE", "true")
+            .env(
+                "STOREFRONT__SERVER__TEMPLATES_DIR",
+                root().join("templates"),
+            )
+            .env("STOREFRONT__SERVER__STATIC_DIR", root().join("static"))
+            .env(
+                "STOREFRONT__OIDC__ISSUER_URL",
+                format!("http://127.0.0.1:{idp_port}"),
+            )
+            .env("STOREFRONT__OIDC__CLIENT_ID", "storefront")
+            .env("STOREFRONT__OIDC__CLIENT_SECRET", &secret)
+            .env("STOREFRONT__OIDC__HTTP_TIMEOUT_SECS", "5")
+            .env("STOREFRONT__SESSION__SECRET_KEY", random_b64(64))
+            .env("STOREFRONT__TOKENS__ENCRYPTION_KEY", random_b64(32))
+            .env("STOREFRONT__RATE_LIMIT__ENABLED", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the release binary")?,
+    );
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(format!("{shop}/health"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        anyhow::ensure!(Instant::now() < ready_by, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Logins, one at a time, so the shop's share of each is measured without queueing.
+    let (provider_sum_before, provider_count_before) = histogram(
+        &shop,
+        "storefront_provider_request_duration_seconds",
+        "call=\"token_exchange\"",
+    )
+    .await?;
+    let mut cookies = Vec::new();
+    let mut shop_times = Vec::new();
+    for i in 0..users {
+        let (cookie, shop_time) = log_in(&shop, &format!("user{i}")).await?;
+        cookies.push(cookie);
+        shop_times.push(shop_time);
+    }
+    let (provider_sum, provider_count) = histogram(
+        &shop,
+        "storefront_provider_request_duration_seconds",
+        "call=\"token_exchange\"",
+    )
+    .await?;
+    let provider_mean_ms =
+        (provider_sum - provider_sum_before) * 1000.0 / (provider_count - provider_count_before);
+    shop_times.sort();
+    let shop_p50 = millis(support::percentile(&shop_times, 0.5));
+    let shop_mean = shop_times.iter().map(|d| millis(*d)).sum::<f64>() / users as f64;
+    println!(
+        "\nlogin round trip ({users} logins): /login + /callback p50 {shop_p50:.2} ms, mean {shop_mean:.2} ms; \
+         of that, the provider's token endpoint (code exchange) mean {provider_mean_ms:.2} ms; \
+         the shop's own share: mean {:.2} ms",
+        shop_mean - provider_mean_ms
+    );
+
+    // An anonymous session for the public page, so each request loads it like a browser's.
+    let anonymous = {
+        let jar = Arc::new(Jar::default());
+        let client = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .build()?;
+        client.get(format!("{shop}/")).send().await?;
+        jar.cookies(&reqwest::Url::parse(&shop)?)
+            .context("an anonymous session cookie")?
+            .to_str()?
+            .to_owned()
+    };
+
+    let targets: [(&str, &str, Vec<String>); 4] = [
+        ("baseline (1 PK select)", "/_bench/baseline", Vec::new()),
+        ("public page /", "/", vec![anonymous]),
+        ("authenticated /cart", "/cart", cookies.clone()),
+        ("authenticated /orders", "/orders", cookies.clone()),
+    ];
+    println!(
+        "\nwrk -t2 -c{connections} -d{seconds}s, {users} users, {sessions} sessions in the table:"
+    );
+    println!(
+        "{:<26} {:>10} {:>9} {:>9} {:>12} {:>11} {:>7}",
+        "target", "req/s", "p50 ms", "p99 ms", "vs baseline", "round trips", "non-2xx"
+    );
+    let mut baseline = None;
+    for (name, path, cookies) in &targets {
+        let (load, round_trips) = wrk(
+            &format!("{shop}{path}"),
+            cookies,
+            connections,
+            seconds,
+            &pool,
+        )
+        .await?;
+        let base = *baseline.get_or_insert(load.per_sec);
+        println!(
+            "{name:<26} {:>10.0} {:>9.2} {:>9.2} {:>11.0}% {:>11.2} {:>7}",
+            load.per_sec,
+            load.p50_ms,
+            load.p99_ms,
+            100.0 * load.per_sec / base,
+            round_trips,
+            load.non_2xx
+        );
+    }
+    println!(
+        "\npeak RSS of the server: {:.1} MiB",
+        peak_rss_mib(server.0.id())?
+    );
+    Ok(())
+}
