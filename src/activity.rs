@@ -1,5 +1,6 @@
-//! Activity counted per minute in `activity_stats`: logins and refresh outcomes, summed over
-//! every instance, for the admin dashboard.
+//! Activity counted per minute in `activity_stats`, summed over every instance, for the
+//! admin dashboard. Refresh outcomes are added here in batches; logins are counted by the
+//! statement that stores them (`auth::tokens::store_login`).
 
 use sqlx::PgPool;
 
@@ -8,7 +9,6 @@ pub const RETENTION_DAYS: i32 = 30;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    Login,
     RefreshOk,
     RefreshTransientFailure,
     RefreshInvalidGrant,
@@ -18,7 +18,6 @@ pub enum Event {
 impl Event {
     pub fn as_str(self) -> &'static str {
         match self {
-            Event::Login => "login",
             Event::RefreshOk => "refresh_ok",
             Event::RefreshTransientFailure => "refresh_transient_failure",
             Event::RefreshInvalidGrant => "refresh_invalid_grant",

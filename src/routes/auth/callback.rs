@@ -104,10 +104,6 @@ async fn complete_login(
         .log_in(token_id, &client)
         .map_err(|e| AppError::Unexpected(e.into()))?;
     tracing::info!(%token_id, "User logged in");
-    // A count for the dashboard; losing it must not fail the login.
-    if let Err(e) = crate::activity::record(&state.pool, crate::activity::Event::Login, 1).await {
-        tracing::warn!(error = %e, "Could not count the login");
-    }
     Ok(redirect(&login.return_to))
 }
 
