@@ -49,6 +49,29 @@ impl PgSessionStore {
         self.timeouts.idle.as_secs_f64()
     }
 
+    fn touch_interval(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.timeouts.touch_interval).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// Records use of the session and pushes its idle expiry forward (never past the
+    /// absolute expiry). Concurrent requests touch once: the second finds it fresh.
+    async fn touch(&self, session_id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            r#"
+            UPDATE sessions
+            SET last_seen_at = now(),
+                expires_at = LEAST(now() + make_interval(secs => $2), absolute_expires_at)
+            WHERE session_id = $1 AND last_seen_at < now() - make_interval(secs => $3)
+            "#,
+        )
+        .bind(session_id)
+        .bind(self.idle_secs())
+        .bind(self.timeouts.touch_interval.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn insert(&self, state: State) -> anyhow::Result<SessionKey> {
         let columns = Columns::from_state(state)?;
         let key = new_session_key();
@@ -127,7 +150,9 @@ fn classify(err: sqlx::Error) -> anyhow::Error {
 
 #[derive(sqlx::FromRow)]
 struct LoadedRow {
+    session_id: Uuid,
     state: serde_json::Value,
+    last_seen_at: chrono::DateTime<chrono::Utc>,
     user_id: Option<Uuid>,
     subject: Option<String>,
     email: Option<String>,
@@ -140,36 +165,30 @@ struct LoadedRow {
 
 impl SessionStore for PgSessionStore {
     async fn load(&self, session_key: &SessionKey) -> Result<Option<State>, LoadError> {
-        // The UPDATE in the CTE runs even though the SELECT does not read it; it only matches
-        // when the last touch is older than the throttle interval.
+        // A plain read in steady state: the session, its login and the user in one query.
         let row: Option<LoadedRow> = sqlx::query_as(
             r#"
-            WITH live AS (
-                SELECT session_id, state, token_id
-                FROM sessions
-                WHERE key_hash = $1 AND expires_at > now() AND absolute_expires_at > now()
-            ), touched AS (
-                UPDATE sessions
-                SET last_seen_at = now(),
-                    expires_at = LEAST(now() + make_interval(secs => $2), absolute_expires_at)
-                WHERE session_id = (SELECT session_id FROM live)
-                  AND last_seen_at < now() - make_interval(secs => $3)
-                RETURNING 1
-            )
-            SELECT l.state, u.user_id, u.subject, u.email, u.name, u.groups,
-                   t.token_id, t.access_expires_at, t.refresh_status
-            FROM live l
-            LEFT JOIN oauth_tokens t ON t.token_id = l.token_id
+            SELECT s.session_id, s.state, s.last_seen_at, u.user_id, u.subject, u.email, u.name,
+                   u.groups, t.token_id, t.access_expires_at, t.refresh_status
+            FROM sessions s
+            LEFT JOIN oauth_tokens t ON t.token_id = s.token_id
             LEFT JOIN users u ON u.user_id = t.user_id
+            WHERE s.key_hash = $1 AND s.expires_at > now() AND s.absolute_expires_at > now()
             "#,
         )
         .bind(hash(session_key))
-        .bind(self.idle_secs())
-        .bind(self.timeouts.touch_interval.as_secs_f64())
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| LoadError::Other(classify(e)))?;
-
+        // Idle expiry moves forward at most once per `touch_interval`: a second round trip
+        // about once a minute per session, none in between.
+        if let Some(row) = &row
+            && chrono::Utc::now() - row.last_seen_at > self.touch_interval()
+        {
+            self.touch(row.session_id)
+                .await
+                .map_err(|e| LoadError::Other(classify(e)))?;
+        }
         let Some(row) = row else { return Ok(None) };
         let mut state: State =
             serde_json::from_value(row.state).map_err(|e| LoadError::Deserialization(e.into()))?;
