@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use reqwest::cookie::{CookieStore, Jar};
 use sqlx::PgPool;
-use support::{env_usize, fill, free_port, fresh_database, millis, random_b64, root, start_idp};
+use support::{env_usize, fill, free_port, fresh_database, millis, random_b64, root};
 
 struct Server(Child);
 
@@ -233,9 +233,8 @@ async fn run() -> anyhow::Result<()> {
 
     let port = free_port()?;
     let shop = format!("http://127.0.0.1:{port}");
-    let idp_port = free_port()?;
     let secret = random_b64(24);
-    let _idp = start_idp(idp_port, &shop, &secret).await?;
+    let idp = support::provider_login::start(&shop, &secret, 3600).await;
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_storefront"))
             .arg("serve")
@@ -252,10 +251,7 @@ async fn run() -> anyhow::Result<()> {
                 root().join("templates"),
             )
             .env("STOREFRONT__SERVER__STATIC_DIR", root().join("static"))
-            .env(
-                "STOREFRONT__OIDC__ISSUER_URL",
-                format!("http://127.0.0.1:{idp_port}"),
-            )
+            .env("STOREFRONT__OIDC__ISSUER_URL", &idp.issuer)
             .env("STOREFRONT__OIDC__CLIENT_ID", "storefront")
             .env("STOREFRONT__OIDC__CLIENT_SECRET", &secret)
             .env("STOREFRONT__OIDC__HTTP_TIMEOUT_SECS", "5")

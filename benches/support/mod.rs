@@ -5,11 +5,9 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use base64::Engine as _;
 use futures_util::{StreamExt, stream};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -17,7 +15,7 @@ use sqlx::{ConnectOptions, Connection, Executor, PgPool};
 use storefront::configuration::{Settings, get_configuration_with};
 use storefront::startup::{Application, State};
 
-#[path = "../../tests/support/provider_login.rs"]
+#[path = "../../tests/support/local_provider.rs"]
 pub mod provider_login;
 
 pub const DATABASE: &str = "storefront_bench";
@@ -38,49 +36,10 @@ pub fn random_b64(n: usize) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-pub struct Idp(Child);
-
-impl Drop for Idp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use provider_login::LocalProvider as Idp;
 
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-pub async fn start_idp(port: u16, shop: &str, secret: &str) -> anyhow::Result<Idp> {
-    let dir = root().join("idp");
-    if !dir.join("node_modules/oidc-provider").exists() {
-        bail!("run `scripts/idp.sh install` first");
-    }
-    let child = Command::new("node")
-        .arg("server.js")
-        .current_dir(&dir)
-        .env("IDP_PORT", port.to_string())
-        .env("IDP_CLIENT_ID", "storefront")
-        .env("IDP_CLIENT_SECRET", secret)
-        .env("IDP_REDIRECT_URIS", format!("{shop}/callback"))
-        .env("IDP_POST_LOGOUT_REDIRECT_URIS", format!("{shop}/"))
-        .env("IDP_LOG_REQUESTS", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting node idp/server.js")?;
-    let idp = Idp(child);
-    let url = format!("http://127.0.0.1:{port}/.well-known/openid-configuration");
-    for _ in 0..100 {
-        if reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(idp);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("the local provider did not start")
 }
 
 /// A fresh, migrated `storefront_bench` database next to `DATABASE_URL`'s.
@@ -178,10 +137,9 @@ pub async fn start_stack(
 ) -> anyhow::Result<Stack> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let shop = format!("http://127.0.0.1:{}", listener.local_addr()?.port());
-    let idp_port = free_port()?;
     let secret = random_b64(24);
-    let idp = start_idp(idp_port, &shop, &secret).await?;
-    let issuer = format!("http://127.0.0.1:{idp_port}");
+    let idp = provider_login::start(&shop, &secret, 3600).await;
+    let issuer = idp.issuer.clone();
     let mut values: Vec<(&str, String)> = vec![
         ("database.url", db_url),
         ("database.max_connections", "16".into()),

@@ -212,6 +212,16 @@ pub struct SessionPage {
     pub next: Option<Cursor>,
 }
 
+/// The columns of [`SessionRow`]: a logged-in session with its login and user.
+const SESSION_ROWS: &str = r#"
+    SELECT s.session_id, u.user_id, u.subject, u.email, u.name, t.provider_sid,
+           s.created_at, s.last_seen_at, host(s.ip) AS ip, s.user_agent,
+           t.access_expires_at, t.refresh_status, t.failure_count, t.last_refreshed_at
+    FROM sessions s
+    JOIN oauth_tokens t ON t.token_id = s.token_id
+    JOIN users u ON u.user_id = t.user_id
+"#;
+
 /// `%` and `_` in a search are literal characters, not patterns.
 fn like_pattern(search: &str) -> String {
     let escaped = search
@@ -232,12 +242,7 @@ pub async fn sessions(pool: &PgPool, query: &SessionQuery) -> Result<SessionPage
     };
     let sql = format!(
         r#"
-        SELECT s.session_id, u.user_id, u.subject, u.email, u.name, t.provider_sid,
-               s.created_at, s.last_seen_at, host(s.ip) AS ip, s.user_agent,
-               t.access_expires_at, t.refresh_status, t.failure_count, t.last_refreshed_at
-        FROM sessions s
-        JOIN oauth_tokens t ON t.token_id = s.token_id
-        JOIN users u ON u.user_id = t.user_id
+        {SESSION_ROWS}
         WHERE s.token_id IS NOT NULL AND s.expires_at > now()
           AND ($1::text IS NULL OR
                (coalesce(u.email, '') || ' ' || coalesce(u.name, '') || ' ' || u.subject) ILIKE $1)
@@ -270,17 +275,9 @@ pub async fn sessions(pool: &PgPool, query: &SessionQuery) -> Result<SessionPage
 
 /// One live session, for the revoke confirmation.
 pub async fn session(pool: &PgPool, session_id: Uuid) -> Result<Option<SessionRow>, sqlx::Error> {
-    sqlx::query_as(
-        r#"
-        SELECT s.session_id, u.user_id, u.subject, u.email, u.name, t.provider_sid,
-               s.created_at, s.last_seen_at, host(s.ip) AS ip, s.user_agent,
-               t.access_expires_at, t.refresh_status, t.failure_count, t.last_refreshed_at
-        FROM sessions s
-        JOIN oauth_tokens t ON t.token_id = s.token_id
-        JOIN users u ON u.user_id = t.user_id
-        WHERE s.session_id = $1 AND s.expires_at > now()
-        "#,
-    )
+    sqlx::query_as(&format!(
+        "{SESSION_ROWS} WHERE s.session_id = $1 AND s.expires_at > now()"
+    ))
     .bind(session_id)
     .fetch_optional(pool)
     .await

@@ -9,7 +9,7 @@ mod helpers;
 mod login;
 mod migrations;
 mod properties;
-#[path = "../support/provider_login.rs"]
+#[path = "../support/local_provider.rs"]
 #[allow(dead_code)]
 mod provider_login;
 mod real_idp;

@@ -2,7 +2,6 @@
 //! cookie jars as a browser has: one for the shop, one for the provider.
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use reqwest::Url;
@@ -11,71 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use crate::helpers::{TestApp, browser_client, location, random_b64, spawn_on, test_settings};
 use crate::provider_login;
 
-pub struct RealIdp {
-    pub issuer: String,
-    child: Child,
-}
-
-impl Drop for RealIdp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_idp(app_base: &str, secret: &str, access_ttl_secs: u32) -> RealIdp {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("idp");
-    assert!(
-        dir.join("node_modules/oidc-provider").exists(),
-        "run `scripts/idp.sh install` (npm ci in idp/) first"
-    );
-    let port = free_port();
-    let child = Command::new("node")
-        .arg("server.js")
-        .current_dir(&dir)
-        .env("IDP_PORT", port.to_string())
-        .env("IDP_CLIENT_ID", "storefront")
-        .env("IDP_CLIENT_SECRET", secret)
-        .env("IDP_REDIRECT_URIS", format!("{app_base}/callback"))
-        .env("IDP_POST_LOGOUT_REDIRECT_URIS", format!("{app_base}/"))
-        .env(
-            "IDP_BACKCHANNEL_LOGOUT_URI",
-            format!("{app_base}/backchannel-logout"),
-        )
-        .env("IDP_LOG_REQUESTS", "0")
-        .env("IDP_ACCESS_TOKEN_TTL", access_ttl_secs.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs");
-    // Owned at once, so the process is killed however this function ends.
-    let idp = RealIdp {
-        issuer: format!("http://127.0.0.1:{port}"),
-        child,
-    };
-    let probe = reqwest::Client::new();
-    let url = format!("{}/.well-known/openid-configuration", idp.issuer);
-    for _ in 0..100 {
-        if probe
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return idp;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the local provider did not start");
-}
+pub use crate::provider_login::LocalProvider as RealIdp;
 
 pub async fn spawn_with_real_idp(opts: PgPoolOptions, db: PgConnectOptions) -> (TestApp, RealIdp) {
     spawn_with_real_idp_ttl(opts, db, 3600).await
@@ -89,7 +24,7 @@ pub async fn spawn_with_real_idp_ttl(
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let secret = random_b64(24);
-    let idp = start_idp(&base, &secret, access_ttl_secs).await;
+    let idp = provider_login::start(&base, &secret, access_ttl_secs).await;
     let mut settings = test_settings(&idp.issuer, "storefront", &secret);
     settings.server.public_url = Url::parse(&base).unwrap();
     let pool = opts.connect_lazy_with(db);

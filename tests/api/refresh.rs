@@ -285,15 +285,22 @@ async fn a_provider_outage_keeps_sessions_and_refreshes_after_it_returns(
     assert!(app.state.refresher.stats().total(Outcome::TransientFailure) >= 3);
 }
 
+/// A logged-in app whose access token has expired and whose refresh token the provider has
+/// revoked.
+async fn refused_login(opts: PgPoolOptions, db: PgConnectOptions) -> TestApp {
+    let app = spawn_app_with(opts, db, |_| {}).await;
+    app.login_as("alice").await;
+    expire_access_tokens(&app.pool).await;
+    app.idp.revoke_refresh_tokens();
+    app
+}
+
 #[sqlx::test]
 async fn a_refused_refresh_token_sends_the_next_request_to_login(
     opts: PgPoolOptions,
     db: PgConnectOptions,
 ) {
-    let app = spawn_app_with(opts, db, |_| {}).await;
-    app.login_as("alice").await;
-    expire_access_tokens(&app.pool).await;
-    app.idp.revoke_refresh_tokens();
+    let app = refused_login(opts, db).await;
     // The background refresher meets the refusal first.
     let claimed = app
         .state
@@ -346,10 +353,7 @@ async fn an_inline_refresh_refused_sends_the_request_to_login(
     opts: PgPoolOptions,
     db: PgConnectOptions,
 ) {
-    let app = spawn_app_with(opts, db, |_| {}).await;
-    app.login_as("alice").await;
-    expire_access_tokens(&app.pool).await;
-    app.idp.revoke_refresh_tokens();
+    let app = refused_login(opts, db).await;
     assert_redirect_to(&app.get("/profile").await, "/login?return_to=%2Fprofile");
     assert_eq!(app.state.refresher.stats().total(Outcome::InvalidGrant), 1);
 }

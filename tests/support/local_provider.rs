@@ -1,8 +1,76 @@
-//! Logging in through the real local provider (`idp/`) the way a browser does: the shop's
-//! `/login`, the provider's redirects and login form, back to the shop's `/callback`. Shared
-//! by the integration tests and the benchmarks.
+//! The real local provider (`idp/`, npm `oidc-provider`): starting it for a shop, and logging
+//! in through it the way a browser does (the shop's `/login`, the provider's redirects and
+//! login form, back to the shop's `/callback`). Shared by the integration tests and the
+//! benchmarks.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use reqwest::Url;
+
+/// The provider's Node process; killed when dropped.
+pub struct LocalProvider {
+    pub issuer: String,
+    child: Child,
+}
+
+impl Drop for LocalProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the provider on a free port for the shop at `shop` (client `storefront` with
+/// `secret`), access tokens living `access_ttl_secs`; returns once discovery answers.
+pub async fn start(shop: &str, secret: &str, access_ttl_secs: u32) -> LocalProvider {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("idp");
+    assert!(
+        dir.join("node_modules/oidc-provider").exists(),
+        "run `scripts/idp.sh install` (npm ci in idp/) first"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("node")
+        .arg("server.js")
+        .current_dir(&dir)
+        .env("IDP_PORT", port.to_string())
+        .env("IDP_CLIENT_ID", "storefront")
+        .env("IDP_CLIENT_SECRET", secret)
+        .env("IDP_REDIRECT_URIS", format!("{shop}/callback"))
+        .env("IDP_POST_LOGOUT_REDIRECT_URIS", format!("{shop}/"))
+        .env(
+            "IDP_BACKCHANNEL_LOGOUT_URI",
+            format!("{shop}/backchannel-logout"),
+        )
+        .env("IDP_LOG_REQUESTS", "0")
+        .env("IDP_ACCESS_TOKEN_TTL", access_ttl_secs.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node runs");
+    // Owned at once, so the process is killed however this function ends.
+    let provider = LocalProvider {
+        issuer: format!("http://127.0.0.1:{port}"),
+        child,
+    };
+    let url = format!("{}/.well-known/openid-configuration", provider.issuer);
+    for _ in 0..100 {
+        if reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return provider;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the local provider did not start");
+}
 
 fn location(response: &reqwest::Response) -> &str {
     response
