@@ -55,7 +55,26 @@ pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupRe
     .bind(batch)
     .fetch_one(&mut *tx)
     .await?;
-    // Logins whose session was never saved (a crash between token insert and cookie).
+    tx.commit().await?;
+    Ok(CleanupReport {
+        sessions: sessions as u64,
+        tokens: tokens as u64,
+        skipped: false,
+    })
+}
+
+/// Deletes logins whose session was never saved (a crash between storing the tokens and
+/// saving the session), older than an hour. This reads every token row, so it runs once per
+/// cleanup pass rather than once per batch.
+async fn delete_orphan_logins(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(CLEANUP_LOCK_KEY)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
     let orphans = sqlx::query(
         r#"
         DELETE FROM oauth_tokens t
@@ -68,15 +87,11 @@ pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupRe
         )
         "#,
     )
-    .bind(batch)
+    .bind(limit)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(CleanupReport {
-        sessions: sessions as u64,
-        tokens: tokens as u64 + orphans.rows_affected(),
-        skipped: false,
-    })
+    Ok(orphans.rows_affected())
 }
 
 /// Deletes every expired session, batch after batch, pausing briefly between batches.
@@ -87,7 +102,11 @@ pub async fn delete_expired(pool: &PgPool, batch: i64) -> Result<CleanupReport, 
         total.sessions += report.sessions;
         total.tokens += report.tokens;
         total.skipped |= report.skipped;
-        if report.skipped || (report.sessions as i64) < batch {
+        if report.skipped {
+            return Ok(total);
+        }
+        if (report.sessions as i64) < batch {
+            total.tokens += delete_orphan_logins(pool, batch.saturating_mul(10)).await?;
             return Ok(total);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -138,6 +138,48 @@ async fn cleanup_deletes_only_expired_sessions(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn cleanup_removes_logins_whose_session_was_never_saved(pool: PgPool) {
+    // Two logins an hour and a half old: one with a session, one orphaned by a crash; and a
+    // fresh orphan that may still be waiting for its session.
+    sqlx::query(
+        r#"
+        WITH u AS (
+            INSERT INTO users (user_id, issuer, subject) VALUES (gen_random_uuid(), 'i', 's')
+            RETURNING user_id
+        ), t AS (
+            INSERT INTO oauth_tokens (token_id, user_id, key_id, access_token, access_expires_at,
+                                      created_at)
+            SELECT id, u.user_id, 'k1', '\x00', now(), created
+            FROM u, (VALUES ('00000000-0000-0000-0000-000000000001'::uuid, now() - interval '90 minutes'),
+                            ('00000000-0000-0000-0000-000000000002'::uuid, now() - interval '90 minutes'),
+                            ('00000000-0000-0000-0000-000000000003'::uuid, now())) AS v(id, created)
+            RETURNING token_id
+        )
+        INSERT INTO sessions (session_id, key_hash, token_id, expires_at, absolute_expires_at)
+        SELECT gen_random_uuid(), '\x01', token_id, now() + interval '1 hour', now() + interval '1 day'
+        FROM t WHERE token_id = '00000000-0000-0000-0000-000000000001'
+        "#,
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let report = delete_expired(&pool, 10).await.unwrap();
+    assert_eq!((report.sessions, report.tokens), (0, 1));
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT token_id::text FROM oauth_tokens ORDER BY token_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        vec![
+            "00000000-0000-0000-0000-000000000001",
+            "00000000-0000-0000-0000-000000000003"
+        ]
+    );
+}
+
+#[sqlx::test]
 async fn cleanup_runs_on_one_instance_at_a_time(pool: PgPool) {
     let mut holder = pool.begin().await.unwrap();
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
