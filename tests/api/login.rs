@@ -1,6 +1,8 @@
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::sync::atomic::Ordering;
 
+use reqwest::Url;
+
 use crate::fake_idp::Signing;
 use crate::helpers::{assert_redirect_to, location, spawn_app};
 
@@ -321,4 +323,54 @@ async fn a_rejected_access_token_is_refreshed_once_then_the_user_logs_in_again(
     app.idp.revoke_refresh_tokens();
     assert_redirect_to(&app.get("/profile").await, "/login?return_to=%2Fprofile");
     assert_eq!(app.idp.refresh_calls.load(Ordering::SeqCst), 2);
+}
+
+#[sqlx::test]
+async fn the_header_login_link_comes_back_to_the_page_it_was_on(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    let log_in_from = |referer: String| {
+        let app = app.clone();
+        async move {
+            let response = app
+                .client
+                .get(app.url("/login"))
+                .header("referer", referer)
+                .send()
+                .await
+                .unwrap();
+            let authorize = Url::parse(location(&response)).unwrap();
+            let param = |name: &str| {
+                authorize
+                    .query_pairs()
+                    .find(|(k, _)| k == name)
+                    .unwrap()
+                    .1
+                    .into_owned()
+            };
+            let code = app.idp.code_for("alice", &param("nonce"));
+            let callback = app
+                .callback(&[
+                    ("code", &code),
+                    ("state", &param("state")),
+                    ("iss", &app.idp.issuer),
+                ])
+                .await;
+            let back = location(&callback).to_owned();
+            // Log out locally for the next round.
+            sqlx::query("DELETE FROM oauth_tokens")
+                .execute(&app.pool)
+                .await
+                .unwrap();
+            back
+        }
+    };
+    assert_eq!(
+        log_in_from(app.url("/products/ceramic-mug?ref=header")).await,
+        "/products/ceramic-mug?ref=header"
+    );
+    assert_eq!(log_in_from("https://evil.example/phish".into()).await, "/");
+    assert_eq!(log_in_from(app.url("/login")).await, "/");
 }

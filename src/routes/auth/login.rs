@@ -1,6 +1,6 @@
-use actix_web::HttpResponse;
 use actix_web::http::header;
 use actix_web::web;
+use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use serde::Serialize;
@@ -29,9 +29,16 @@ struct LoginAgainPage {
 pub async fn start_login(
     state: State,
     session: TypedSession,
+    req: HttpRequest,
     query: web::Query<LoginQuery>,
 ) -> Result<HttpResponse> {
-    let return_to = safe_return_to(query.return_to.as_deref());
+    // Without `return_to` (the header's "Log in" link), come back to the page the link was
+    // on, if the browser says it was one of ours.
+    let here = query
+        .return_to
+        .clone()
+        .or_else(|| same_site_referer(&req, &state.settings.server.public_url));
+    let return_to = safe_return_to(here.as_deref());
     match session.auth() {
         Some(auth) if auth.needs_login() => {
             // Say why before sending the shopper away; the next click starts the login.
@@ -57,6 +64,19 @@ pub async fn start_login(
         .insert_header((header::LOCATION, url.as_str()))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish())
+}
+
+/// The path and query of the `Referer`, if it is a page of this shop (other than `/login`).
+fn same_site_referer(req: &HttpRequest, public_url: &url::Url) -> Option<String> {
+    let referer = req.headers().get(header::REFERER)?.to_str().ok()?;
+    let url = url::Url::parse(referer).ok()?;
+    if url.origin() != public_url.origin() || url.path() == "/login" {
+        return None;
+    }
+    Some(match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    })
 }
 
 pub fn redirect(location: &str) -> HttpResponse {
