@@ -19,13 +19,18 @@ pub struct CleanupReport {
     pub skipped: bool,
 }
 
+/// Takes the cleanup lock for this transaction, unless another instance holds it.
+async fn try_cleanup_lock(tx: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(CLEANUP_LOCK_KEY)
+        .fetch_one(tx)
+        .await
+}
+
 /// Deletes up to `batch` expired sessions; call again while it returns a full batch.
 pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(CLEANUP_LOCK_KEY)
-        .fetch_one(&mut *tx)
-        .await?;
+    let locked = try_cleanup_lock(&mut tx).await?;
     if !locked {
         return Ok(CleanupReport {
             skipped: true,
@@ -68,10 +73,7 @@ pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupRe
 /// cleanup pass rather than once per batch.
 async fn delete_orphan_logins(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(CLEANUP_LOCK_KEY)
-        .fetch_one(&mut *tx)
-        .await?;
+    let locked = try_cleanup_lock(&mut tx).await?;
     if !locked {
         return Ok(0);
     }

@@ -203,16 +203,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_limit_and_address(
             .send()
             .await
             .unwrap();
-        let location = Url::parse(crate::helpers::location(&response)).unwrap();
-        let param = |name: &str| {
-            location
-                .query_pairs()
-                .find(|(k, _)| k == name)
-                .unwrap()
-                .1
-                .into_owned()
-        };
-        (param("state"), param("nonce"))
+        crate::helpers::state_and_nonce(&response)
     };
     let code = app.idp.code_for("alice", &nonce);
     let callback = app

@@ -161,17 +161,9 @@ impl TestApp {
             302,
             "login redirects to the provider"
         );
-        let location = Url::parse(location(&response)).unwrap();
-        let param = |name: &str| {
-            location
-                .query_pairs()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-                .unwrap_or_else(|| panic!("no {name} in {location}"))
-        };
-        assert_eq!(param("code_challenge_method"), "S256");
-        assert_eq!(param("response_type"), "code");
-        (param("state"), param("nonce"))
+        assert_eq!(authorize_param(&response, "code_challenge_method"), "S256");
+        assert_eq!(authorize_param(&response, "response_type"), "code");
+        state_and_nonce(&response)
     }
 
     pub async fn callback(&self, query: &[(&str, &str)]) -> reqwest::Response {
@@ -243,6 +235,23 @@ impl TestApp {
             .expect("a csrf token on the page")
             .to_owned()
     }
+}
+
+/// A parameter of the provider URL a `/login` response redirects to.
+pub fn authorize_param(login: &reqwest::Response, name: &str) -> String {
+    let url = Url::parse(location(login)).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no {name} in {url}"))
+}
+
+/// The `state` and `nonce` a `/login` response sends to the provider.
+pub fn state_and_nonce(login: &reqwest::Response) -> (String, String) {
+    (
+        authorize_param(login, "state"),
+        authorize_param(login, "nonce"),
+    )
 }
 
 pub fn location(response: &reqwest::Response) -> &str {

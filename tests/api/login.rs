@@ -1,10 +1,8 @@
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::sync::atomic::Ordering;
 
-use reqwest::Url;
-
 use crate::fake_idp::Signing;
-use crate::helpers::{assert_redirect_to, location, spawn_app};
+use crate::helpers::{assert_redirect_to, location, spawn_app, state_and_nonce};
 
 #[sqlx::test]
 async fn login_redirects_to_the_provider_with_state_nonce_and_pkce(
@@ -341,22 +339,10 @@ async fn the_header_login_link_comes_back_to_the_page_it_was_on(
                 .send()
                 .await
                 .unwrap();
-            let authorize = Url::parse(location(&response)).unwrap();
-            let param = |name: &str| {
-                authorize
-                    .query_pairs()
-                    .find(|(k, _)| k == name)
-                    .unwrap()
-                    .1
-                    .into_owned()
-            };
-            let code = app.idp.code_for("alice", &param("nonce"));
+            let (state, nonce) = state_and_nonce(&response);
+            let code = app.idp.code_for("alice", &nonce);
             let callback = app
-                .callback(&[
-                    ("code", &code),
-                    ("state", &param("state")),
-                    ("iss", &app.idp.issuer),
-                ])
+                .callback(&[("code", &code), ("state", &state), ("iss", &app.idp.issuer)])
                 .await;
             let back = location(&callback).to_owned();
             // Log out locally for the next round.

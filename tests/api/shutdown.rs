@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::fake_idp::{CLIENT_ID, CLIENT_SECRET, FakeIdp, TokenEndpoint};
-use crate::helpers::{browser_client, config_dir, location, random_b64};
+use crate::helpers::{browser_client, config_dir, random_b64, state_and_nonce};
 
 fn database_url(db: &PgConnectOptions) -> String {
     format!(
@@ -74,16 +74,7 @@ async fn sigterm_drains_the_request_in_flight_and_stops_cleanly(
     // A login whose code exchange takes a second and a half is in flight when SIGTERM arrives
     // (the provider timeout in tests is two seconds).
     let login = client.get(format!("{base}/login")).send().await.unwrap();
-    let authorize = url::Url::parse(location(&login)).unwrap();
-    let param = |name: &str| {
-        authorize
-            .query_pairs()
-            .find(|(k, _)| k == name)
-            .unwrap()
-            .1
-            .into_owned()
-    };
-    let (state, nonce) = (param("state"), param("nonce"));
+    let (state, nonce) = state_and_nonce(&login);
     let code = idp.code_for("alice", &nonce);
     idp.set_token_endpoint(TokenEndpoint::Delay(Duration::from_millis(1500)));
     let callback = {
