@@ -58,12 +58,14 @@ pub async fn fresh_database() -> anyhow::Result<(PgPool, String)> {
         .connect_with(admin.database(DATABASE))
         .await?;
     storefront::db::MIGRATOR.run(&pool).await?;
-    let url = format!(
-        "{}/{DATABASE}",
-        base_url
-            .rsplit_once('/')
-            .map_or(base_url.as_str(), |(b, _)| b)
-    );
+    // Same server and options (`?sslmode=…`), the bench database.
+    let (path, options) = base_url.split_once('?').unwrap_or((base_url.as_str(), ""));
+    let server = path.rsplit_once('/').map_or(path, |(server, _)| server);
+    let url = if options.is_empty() {
+        format!("{server}/{DATABASE}")
+    } else {
+        format!("{server}/{DATABASE}?{options}")
+    };
     Ok((pool, url))
 }
 
