@@ -204,7 +204,7 @@ async fn log_in(shop: &str, user: &str) -> anyhow::Result<(String, Duration)> {
     let callback = client.get(&back).send().await?;
     shop_time += started.elapsed();
     anyhow::ensure!(
-        callback.status().as_u16() == 303,
+        callback.status().as_u16() == 302,
         "callback: {}",
         callback.status()
     );

@@ -106,7 +106,7 @@ async fn a_rotated_signing_key_is_picked_up_by_refetching_the_jwks(
     let response = callback_with(&app, |_| {}, Signing::Key(1)).await;
     assert_eq!(
         response.status().as_u16(),
-        303,
+        302,
         "login succeeds after one JWKS refetch"
     );
     assert_eq!(app.idp.jwks_calls.load(Ordering::SeqCst), fetched + 1);
@@ -199,7 +199,7 @@ async fn replaying_a_callback_never_exchanges_the_code_twice(
     let (state, nonce) = app.start_login("/").await;
     let code = app.idp.code_for("alice", &nonce);
     let query = [("code", code.as_str()), ("state", state.as_str())];
-    assert_eq!(app.callback(&query).await.status().as_u16(), 303);
+    assert_eq!(app.callback(&query).await.status().as_u16(), 302);
     let replay = app.callback(&query).await;
     assert_eq!(replay.status().as_u16(), 403);
     assert_eq!(app.idp.token_calls.load(Ordering::SeqCst), 1);

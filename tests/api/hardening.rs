@@ -218,7 +218,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_limit_and_address(
         .send()
         .await
         .unwrap();
-    assert_eq!(callback.status().as_u16(), 303);
+    assert_eq!(callback.status().as_u16(), 302);
     let ip: String = sqlx::query_scalar("SELECT host(ip) FROM sessions WHERE token_id IS NOT NULL")
         .fetch_one(&app.pool)
         .await

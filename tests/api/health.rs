@@ -37,7 +37,7 @@ async fn a_postgres_outage_gives_503s_and_loses_no_session(
     let proxy = TcpProxy::start(db.get_host(), db.get_port()).await;
     let via_proxy = db.clone().host("127.0.0.1").port(proxy.port());
     let app = spawn_app_with(opts, via_proxy, |_| {}).await;
-    assert_eq!(app.login_as("alice").await.status().as_u16(), 303);
+    assert_eq!(app.login_as("alice").await.status().as_u16(), 302);
 
     proxy.set_down(true);
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -290,7 +290,7 @@ async fn discovery_is_retried_until_the_provider_answers(
         }
     }
     assert_eq!(status, 302, "sign-in works once the provider is back");
-    assert_eq!(app.login_as("alice").await.status().as_u16(), 303);
+    assert_eq!(app.login_as("alice").await.status().as_u16(), 302);
 }
 
 #[sqlx::test]

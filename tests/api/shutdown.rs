@@ -102,7 +102,7 @@ async fn sigterm_drains_the_request_in_flight_and_stops_cleanly(
         .expect("the request in flight is answered");
     assert_eq!(
         response.status().as_u16(),
-        303,
+        302,
         "the login completed during the drain"
     );
     let exited_by = Instant::now() + Duration::from_secs(15);

@@ -147,6 +147,6 @@ pub async fn log_in(
     );
     let back = through_provider(provider, location(&response), shop, user).await;
     let callback = shop_client.get(&back).send().await.unwrap();
-    assert_eq!(callback.status().as_u16(), 303, "callback completes");
+    assert_eq!(callback.status().as_u16(), 302, "callback completes");
     location(&callback).to_owned()
 }

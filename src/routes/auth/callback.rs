@@ -1,7 +1,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use super::login::redirect;
+use super::login::found;
 use super::provider_error;
 use crate::auth::tokens::store_login;
 use crate::error::{AppError, Result};
@@ -104,7 +104,8 @@ async fn complete_login(
         .log_in(token_id, &client)
         .map_err(|e| AppError::Unexpected(e.into()))?;
     tracing::info!(%token_id, "User logged in");
-    Ok(redirect(&login.return_to))
+    // 302, as the login flow's redirects are (the design's contract for `/callback`).
+    Ok(found(&login.return_to))
 }
 
 fn provider_said_no(error: &str, description: Option<&str>) -> AppError {

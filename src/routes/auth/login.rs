@@ -60,10 +60,7 @@ pub async fn start_login(
     session
         .begin_login(pending)
         .map_err(|e| AppError::Unexpected(e.into()))?;
-    Ok(HttpResponse::Found()
-        .insert_header((header::LOCATION, url.as_str()))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish())
+    Ok(found(url.as_str()))
 }
 
 /// The path and query of the `Referer`, if it is a page of this shop (other than `/login`).
@@ -79,6 +76,15 @@ fn same_site_referer(req: &HttpRequest, public_url: &url::Url) -> Option<String>
     })
 }
 
+/// 302 Found, not cached: the redirects of the login flow.
+pub fn found(location: &str) -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header((header::LOCATION, location))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+/// 303 See Other, not cached: after a form, or to send the browser elsewhere.
 pub fn redirect(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, location))
