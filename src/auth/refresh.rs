@@ -26,7 +26,6 @@ use uuid::Uuid;
 
 use super::oidc::{Oidc, OidcError, TokenSet};
 use super::tokens::{self, StoredTokens};
-use crate::activity::Event;
 use crate::configuration::RefreshSettings;
 use crate::crypto::TokenCipher;
 
@@ -88,12 +87,13 @@ impl Outcome {
         }
     }
 
-    fn event(self) -> Event {
+    /// The outcome's name in `activity_stats`.
+    fn activity_event(self) -> &'static str {
         match self {
-            Outcome::Ok => Event::RefreshOk,
-            Outcome::TransientFailure => Event::RefreshTransientFailure,
-            Outcome::InvalidGrant => Event::RefreshInvalidGrant,
-            Outcome::RaceRecovered => Event::RefreshRaceRecovered,
+            Outcome::Ok => "refresh_ok",
+            Outcome::TransientFailure => "refresh_transient_failure",
+            Outcome::InvalidGrant => "refresh_invalid_grant",
+            Outcome::RaceRecovered => "refresh_race_recovered",
         }
     }
 }
@@ -130,7 +130,7 @@ impl RefreshStats {
             if n == 0 {
                 continue;
             }
-            if let Err(e) = crate::activity::record(pool, outcome.event(), n).await {
+            if let Err(e) = crate::activity::record(pool, outcome.activity_event(), n).await {
                 // Keep the counts for the next flush.
                 self.unflushed[outcome as usize].fetch_add(n, Ordering::Relaxed);
                 return Err(e);
