@@ -42,7 +42,7 @@ impl Layout {
             } else {
                 session.existing_csrf_token().unwrap_or_default()
             },
-            cart_count: crate::routes::shop::cart_count(session),
+            cart_count: session.cart().count(),
         }
     }
 }
@@ -64,7 +64,7 @@ impl Layout {
             user_name: session.auth().map(|a| a.display_name().to_owned()),
             is_admin: false,
             csrf_token: session.existing_csrf_token().unwrap_or_default(),
-            cart_count: crate::routes::shop::cart_count(session),
+            cart_count: session.cart().count(),
         }
     }
 }

@@ -11,7 +11,10 @@ pub mod shop;
 
 use actix_web::web;
 
+use crate::error::AppError;
+use crate::session::TypedSession;
 use crate::startup::State;
+use crate::templates::Layout;
 use rate_limit::RateLimits;
 
 pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bool) {
@@ -60,6 +63,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
                 .wrap(limits.backchannel())
                 .route(web::post().to(auth::backchannel::backchannel_logout)),
         );
+}
+
+/// The layout every page renders in, from the freshly loaded session.
+pub fn page_layout(state: &State, session: &TypedSession) -> Layout {
+    Layout::for_session(session, &state.settings.admin)
+}
+
+/// A POST form's CSRF token must match the session's, or nothing happens.
+pub fn require_csrf(session: &TypedSession, submitted: &str) -> Result<(), AppError> {
+    if session.check_csrf(submitted) {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(
+            "This form has expired or did not come from this shop. Please go back, reload the page and try again.".into(),
+        ))
+    }
 }
 
 /// The client's IP address as recorded for sessions and the audit trail: the peer, or what

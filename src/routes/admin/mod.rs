@@ -16,8 +16,8 @@ use crate::admin::{
 };
 use crate::auth::{is_admin, tokens};
 use crate::error::{AppError, Result};
-use crate::routes::shop::{page_layout, require_csrf};
 use crate::routes::{NoStore, client_ip};
+use crate::routes::{page_layout, require_csrf};
 use crate::session::{AuthState, TypedSession};
 use crate::startup::State;
 use crate::templates::render;

@@ -9,7 +9,7 @@ use super::provider_error;
 use crate::auth::{login_url, safe_return_to};
 use crate::error::{AppError, Result};
 use crate::routes::NoStore;
-use crate::routes::shop::page_layout;
+use crate::routes::page_layout;
 use crate::session::TypedSession;
 use crate::startup::State;
 use crate::templates::render;

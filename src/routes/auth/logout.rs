@@ -3,7 +3,8 @@ use serde::Deserialize;
 
 use super::login::redirect;
 use crate::auth::tokens;
-use crate::error::{AppError, Result};
+use crate::error::Result;
+use crate::routes::require_csrf;
 use crate::session::TypedSession;
 use crate::startup::State;
 
@@ -21,11 +22,7 @@ pub async fn log_out(
     session: TypedSession,
     form: web::Form<LogoutForm>,
 ) -> Result<HttpResponse> {
-    if !session.check_csrf(&form.csrf_token) {
-        return Err(AppError::Forbidden(
-            "The form has expired. Please reload the page and try again.".into(),
-        ));
-    }
+    require_csrf(&session, &form.csrf_token)?;
     let Some(auth) = session.auth() else {
         session.log_out();
         return Ok(redirect("/"));

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::auth::oidc::OidcError;
 use crate::auth::refresh::AccessError;
 use crate::error::{AppError, Result};
-use crate::routes::shop::page_layout;
+use crate::routes::page_layout;
 use crate::session::TypedSession;
 use crate::startup::State;
 use crate::templates::render;

@@ -3,10 +3,10 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{page_layout, require_csrf};
 use crate::error::{AppError, Result};
 use crate::routes::NoStore;
 use crate::routes::auth::login::redirect;
+use crate::routes::{page_layout, require_csrf};
 use crate::session::TypedSession;
 use crate::shop::cart::{self, Cart, MAX_QUANTITY, PricedCart};
 use crate::shop::catalogue;

@@ -1,8 +1,8 @@
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
-use super::page_layout;
 use crate::error::{AppError, Result};
+use crate::routes::page_layout;
 use crate::session::TypedSession;
 use crate::shop::cart::MAX_QUANTITY;
 use crate::shop::catalogue::{self, Product};

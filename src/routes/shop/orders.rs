@@ -2,9 +2,9 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::page_layout;
 use crate::error::{AppError, Result};
 use crate::routes::NoStore;
+use crate::routes::page_layout;
 use crate::session::TypedSession;
 use crate::shop::orders::{self, Order};
 use crate::startup::State;
