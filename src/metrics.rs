@@ -14,13 +14,15 @@ use prometheus::{
 };
 use sqlx::PgPool;
 
+use crate::auth::refresh::due_tokens;
+
 pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     pub logins: IntCounterVec,
     pub refreshes: IntCounterVec,
-    /// Time spent waiting for the provider, by call (`token_exchange`, `userinfo`).
+    /// Time spent waiting for the provider, by call (`token_exchange`).
     pub provider_duration: HistogramVec,
     active_sessions: IntGauge,
     due_backlog: IntGauge,
@@ -132,16 +134,13 @@ impl Metrics {
     pub async fn render(&self, pool: &PgPool, lead_secs: u64) -> String {
         let counts = tokio::time::timeout(
             Duration::from_secs(1),
-            sqlx::query_as::<_, (i64, i64)>(
-                r#"
-                SELECT
+            sqlx::query_as::<_, (i64, i64)>(concat!(
+                "SELECT
                   (SELECT count(*) FROM sessions WHERE token_id IS NOT NULL AND expires_at > now()),
-                  (SELECT count(*) FROM oauth_tokens
-                    WHERE refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
-                      AND access_expires_at < now() + make_interval(secs => $1)
-                      AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-                "#,
-            )
+                  (SELECT count(*) FROM oauth_tokens WHERE ",
+                due_tokens!(),
+                ")"
+            ))
             .bind(lead_secs as f64)
             .fetch_one(pool),
         )

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::auth::refresh::due_tokens;
 use crate::auth::tokens::{self, StoredTokens};
 use crate::crypto::TokenCipher;
 
@@ -32,7 +33,7 @@ pub struct Overview {
 
 /// The dashboard's counts, in one statement.
 pub async fn overview(pool: &PgPool, lead_secs: u64) -> Result<Overview, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         r#"
         SELECT
           (SELECT count(*) FROM sessions
@@ -53,12 +54,10 @@ pub async fn overview(pool: &PgPool, lead_secs: u64) -> Result<Overview, sqlx::E
           (SELECT count(*) FROM oauth_tokens WHERE refresh_status = 'retrying') AS retrying,
           (SELECT count(*) FROM sessions s JOIN oauth_tokens t USING (token_id)
             WHERE t.refresh_status = 'needs_login' AND s.expires_at > now()) AS needs_login,
-          (SELECT count(*) FROM oauth_tokens
-            WHERE refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
-              AND access_expires_at < now() + make_interval(secs => $1)
-              AND (next_attempt_at IS NULL OR next_attempt_at <= now())) AS due_backlog
-        "#,
-    )
+          (SELECT count(*) FROM oauth_tokens WHERE "#,
+        due_tokens!(),
+        ") AS due_backlog"
+    ))
     .bind(lead_secs as f64)
     .bind(ONLINE_WINDOW_MINUTES)
     .fetch_one(pool)

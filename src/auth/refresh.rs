@@ -36,15 +36,28 @@ const CLAIM_MARGIN: Duration = Duration::from_secs(2);
 /// How often a request waiting for another instance's refresh looks at the row again.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
+/// Which tokens are due, as an SQL condition on `oauth_tokens`: refreshable, expiring within
+/// `$1` seconds, not backing off. The refresher claims these rows; the dashboard and the
+/// metrics count the same ones.
+macro_rules! due_tokens {
+    () => {
+        "refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
+         AND access_expires_at < now() + make_interval(secs => $1)
+         AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+    };
+}
+pub(crate) use due_tokens;
+
 /// Claims up to $2 tokens expiring within $1 seconds for claim id $3, for $4 seconds.
 /// SKIP LOCKED: instances scanning at the same moment take disjoint rows instead of queueing
 /// on each other; the lease written into the row then keeps them disjoint afterwards.
-pub const CLAIM_DUE_TOKENS: &str = r#"
+pub const CLAIM_DUE_TOKENS: &str = concat!(
+    "
     WITH due AS (
         SELECT token_id FROM oauth_tokens
-        WHERE refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
-          AND access_expires_at < now() + make_interval(secs => $1)
-          AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+        WHERE ",
+    due_tokens!(),
+    "
           AND (refresh_claimed_until IS NULL OR refresh_claimed_until < now())
         ORDER BY access_expires_at
         LIMIT $2
@@ -56,7 +69,8 @@ pub const CLAIM_DUE_TOKENS: &str = r#"
     FROM due, users u
     WHERE t.token_id = due.token_id AND u.user_id = t.user_id
     RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count
-"#;
+"
+);
 
 /// What one refresh attempt came to; each is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
