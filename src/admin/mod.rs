@@ -139,20 +139,17 @@ impl StatusFilter {
     }
 }
 
-/// Where the previous page ended: the sort key and session id of its last row.
+/// Where the previous page ended: the sort key and id of its last row (a session's, or an
+/// audit entry's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
     pub key: DateTime<Utc>,
-    pub session_id: Uuid,
+    pub id: Uuid,
 }
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!(
-            "{}|{}",
-            self.key.timestamp_micros(),
-            self.session_id
-        ))
+        URL_SAFE_NO_PAD.encode(format!("{}|{}", self.key.timestamp_micros(), self.id))
     }
 
     /// `None` for anything that is not a cursor this module made.
@@ -161,7 +158,7 @@ impl Cursor {
         let (micros, id) = raw.split_once('|')?;
         Some(Cursor {
             key: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-            session_id: Uuid::parse_str(id).ok()?,
+            id: Uuid::parse_str(id).ok()?,
         })
     }
 }
@@ -256,7 +253,7 @@ pub async fn sessions(pool: &PgPool, query: &SessionQuery) -> Result<SessionPage
         .bind(query.search.as_deref().map(like_pattern))
         .bind(query.status.map(StatusFilter::as_str))
         .bind(query.after.map(|c| c.key))
-        .bind(query.after.map(|c| c.session_id))
+        .bind(query.after.map(|c| c.id))
         .bind(limit + 1)
         .fetch_all(pool)
         .await?;
@@ -264,7 +261,7 @@ pub async fn sessions(pool: &PgPool, query: &SessionQuery) -> Result<SessionPage
         rows.truncate(limit as usize);
         rows.last().map(|r| Cursor {
             key: r.sort_key(query.sort),
-            session_id: r.session_id,
+            id: r.session_id,
         })
     } else {
         None
@@ -393,13 +390,20 @@ pub struct AuditEntry {
     pub ip: Option<String>,
 }
 
-/// The audit trail, newest first; `before` continues after an entry.
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Set when there are older entries.
+    pub next: Option<Cursor>,
+}
+
+/// The audit trail, newest first: `limit` entries after `before`.
 pub async fn audit(
     pool: &PgPool,
-    before: Option<(DateTime<Utc>, Uuid)>,
+    before: Option<Cursor>,
     limit: i64,
-) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    sqlx::query_as(
+) -> Result<AuditPage, sqlx::Error> {
+    let limit = limit.clamp(1, 500);
+    let mut entries: Vec<AuditEntry> = sqlx::query_as(
         r#"
         SELECT audit_id, at, admin_subject, admin_email, action, target_subject, target_email,
                target_session_id, sessions_ended, host(ip) AS ip
@@ -409,11 +413,21 @@ pub async fn audit(
         LIMIT $3
         "#,
     )
-    .bind(before.map(|b| b.0))
-    .bind(before.map(|b| b.1))
-    .bind(limit.clamp(1, 500))
+    .bind(before.map(|c| c.key))
+    .bind(before.map(|c| c.id))
+    .bind(limit + 1)
     .fetch_all(pool)
-    .await
+    .await?;
+    let next = if entries.len() as i64 > limit {
+        entries.truncate(limit as usize);
+        entries.last().map(|e| Cursor {
+            key: e.at,
+            id: e.audit_id,
+        })
+    } else {
+        None
+    };
+    Ok(AuditPage { entries, next })
 }
 
 #[cfg(test)]
@@ -424,7 +438,7 @@ mod tests {
     fn cursors_round_trip_and_reject_garbage() {
         let cursor = Cursor {
             key: DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap(),
-            session_id: Uuid::now_v7(),
+            id: Uuid::now_v7(),
         };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
         for bad in [

@@ -398,36 +398,22 @@ pub async fn audit_page(
     require_admin(&state, &session, "/admin/audit")?;
     let before = match params.before.as_deref() {
         None | Some("") => None,
-        Some(s) => {
-            let c = Cursor::decode(s).ok_or_else(|| {
-                AppError::BadRequest("The page link is invalid; start from the first page.".into())
-            })?;
-            Some((c.key, c.session_id))
-        }
+        Some(s) => Some(Cursor::decode(s).ok_or_else(|| {
+            AppError::BadRequest("The page link is invalid; start from the first page.".into())
+        })?),
     };
-    let mut entries = admin::audit(&state.pool, before, PAGE_SIZE + 1).await?;
-    let next_page = if entries.len() as i64 > PAGE_SIZE {
-        entries.truncate(PAGE_SIZE as usize);
-        entries.last().map(|e| {
-            let cursor = Cursor {
-                key: e.at,
-                session_id: e.audit_id,
-            };
-            format!("before={}", cursor.encode())
-        })
-    } else {
-        None
-    };
+    let audit = admin::audit(&state.pool, before, PAGE_SIZE).await?;
     let layout = page_layout(&state, &session);
     let page = AuditPage {
-        entries: entries
+        entries: audit
+            .entries
             .into_iter()
             .map(|entry| AuditView {
                 when: timestamp(entry.at),
                 entry,
             })
             .collect(),
-        next_page,
+        next_page: audit.next.map(|c| format!("before={}", c.encode())),
     };
     Ok(render(&state.tera, "admin/audit.html", &layout, page)?.with_no_store())
 }
