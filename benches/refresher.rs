@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use sqlx::{Connection, Executor, PgPool};
 use storefront::auth::refresh::{CLAIM_DUE_TOKENS, Outcome};
-use support::{env_usize, fill, fresh_database, millis, percentile, start_stack};
+use support::{env_usize, fill, fresh_database, millis, percentile, start_stack, time_claims};
 use tokio_util::sync::CancellationToken;
 
-async fn claim_query(pool: &PgPool, lead_secs: f64, batch: i64) -> anyhow::Result<()> {
+async fn claim_query(pool: &PgPool, lead_secs: f64, batch: i64, due: usize) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     let plan: Vec<String> = {
         let mut tx = conn.begin().await?;
@@ -38,22 +38,8 @@ async fn claim_query(pool: &PgPool, lead_secs: f64, batch: i64) -> anyhow::Resul
     for line in &plan {
         println!("  {line}");
     }
-    let mut times = Vec::new();
-    for _ in 0..50 {
-        let mut tx = conn.begin().await?;
-        let started = Instant::now();
-        let rows = sqlx::query(CLAIM_DUE_TOKENS)
-            .bind(lead_secs)
-            .bind(batch)
-            .bind(uuid::Uuid::new_v4())
-            .bind(60.0)
-            .fetch_all(&mut *tx)
-            .await?;
-        times.push(started.elapsed());
-        tx.rollback().await?;
-        assert_eq!(rows.len() as i64, batch.min(rows.len() as i64));
-    }
-    times.sort();
+    let expected = due.min(batch as usize);
+    let times = time_claims(pool, lead_secs, batch, expected, 50).await?;
     println!(
         "claim statement, {} runs, client-side incl. round trip: p50 {:.2} ms, p99 {:.2} ms",
         times.len(),
@@ -107,6 +93,7 @@ async fn run() -> anyhow::Result<()> {
         &pool,
         settings.refresh.lead_secs as f64,
         settings.refresh.batch_size,
+        logins,
     )
     .await?;
 

@@ -15,10 +15,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use actix_session::storage::{SessionKey, SessionStore};
-use sqlx::{Connection, Executor, PgPool};
-use storefront::auth::refresh::CLAIM_DUE_TOKENS;
+use sqlx::{Executor, PgPool};
 use storefront::session::{PgSessionStore, SessionTimeouts};
-use support::{fill, fresh_database, millis, percentile};
+use support::{fill, fresh_database, millis, percentile, time_claims};
 
 fn main() -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
@@ -67,23 +66,7 @@ async fn claim(pool: &PgPool) -> anyhow::Result<Duration> {
     .execute(pool)
     .await?;
     pool.execute("ANALYZE oauth_tokens").await?;
-    let mut conn = pool.acquire().await?;
-    let mut times = Vec::new();
-    for _ in 0..30 {
-        let mut tx = conn.begin().await?;
-        let started = Instant::now();
-        let rows = sqlx::query(CLAIM_DUE_TOKENS)
-            .bind(300.0)
-            .bind(200_i64)
-            .bind(uuid::Uuid::new_v4())
-            .bind(60.0)
-            .fetch_all(&mut *tx)
-            .await?;
-        times.push(started.elapsed());
-        tx.rollback().await?;
-        anyhow::ensure!(rows.len() == 200, "claimed {}", rows.len());
-    }
-    times.sort();
+    let times = time_claims(pool, 300.0, 200, 200, 30).await?;
     Ok(percentile(&times, 0.5))
 }
 

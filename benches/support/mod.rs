@@ -114,6 +114,39 @@ pub async fn fill(pool: &PgPool, n: usize) -> anyhow::Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// Runs the refresher's claim statement `runs` times, each in a transaction rolled back, and
+/// returns the sorted times; every run must claim `expected` rows.
+pub async fn time_claims(
+    pool: &PgPool,
+    lead_secs: f64,
+    batch: i64,
+    expected: usize,
+    runs: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut conn = pool.acquire().await?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut tx = conn.begin().await?;
+        let started = Instant::now();
+        let rows = sqlx::query(storefront::auth::refresh::CLAIM_DUE_TOKENS)
+            .bind(lead_secs)
+            .bind(batch)
+            .bind(uuid::Uuid::new_v4())
+            .bind(60.0)
+            .fetch_all(&mut *tx)
+            .await?;
+        times.push(started.elapsed());
+        tx.rollback().await?;
+        anyhow::ensure!(
+            rows.len() == expected,
+            "claimed {} of {expected}",
+            rows.len()
+        );
+    }
+    times.sort();
+    Ok(times)
+}
+
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
