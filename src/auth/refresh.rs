@@ -48,6 +48,13 @@ macro_rules! due_tokens {
 }
 pub(crate) use due_tokens;
 
+/// What a claim returns: the columns of [`Claimed`] (`t` the token row, `u` its user).
+macro_rules! claimed_row {
+    () => {
+        "RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count"
+    };
+}
+
 /// Claims up to $2 tokens expiring within $1 seconds for claim id $3, for $4 seconds.
 /// SKIP LOCKED: instances scanning at the same moment take disjoint rows instead of queueing
 /// on each other; the lease written into the row then keeps them disjoint afterwards.
@@ -68,8 +75,8 @@ pub const CLAIM_DUE_TOKENS: &str = concat!(
         refresh_claimed_until = now() + make_interval(secs => $4)
     FROM due, users u
     WHERE t.token_id = due.token_id AND u.user_id = t.user_id
-    RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count
-"
+    ",
+    claimed_row!()
 );
 
 /// What one refresh attempt came to; each is counted.
@@ -564,8 +571,8 @@ impl Refresher {
             }
             let claim = Uuid::new_v4();
             let claimed_at = Instant::now();
-            let row: Option<Claimed> = sqlx::query_as(
-                r#"
+            let row: Option<Claimed> = sqlx::query_as(concat!(
+                "
                 UPDATE oauth_tokens t
                 SET refresh_claim = $2,
                     refresh_claimed_until = now() + make_interval(secs => $3)
@@ -574,9 +581,9 @@ impl Refresher {
                   AND t.access_expires_at = $4 AND t.refresh_token IS NOT NULL
                   AND t.refresh_status <> 'needs_login'
                   AND (t.refresh_claimed_until IS NULL OR t.refresh_claimed_until < now())
-                RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count
-                "#,
-            )
+                ",
+                claimed_row!()
+            ))
             .bind(token_id)
             .bind(claim)
             .bind(self.settings.lease_secs as f64)
