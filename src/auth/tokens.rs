@@ -121,6 +121,8 @@ pub async fn store_login(
 }
 
 /// Stores a login's tokens for an existing user, encrypted; returns the new `token_id`.
+/// For logins without verified ID-token claims (seeding tests and benchmarks); a real login
+/// goes through [`store_login`], which writes the same row in its one statement.
 pub async fn insert_tokens(
     conn: impl sqlx::PgExecutor<'_>,
     cipher: &TokenCipher,
