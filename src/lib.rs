@@ -16,5 +16,6 @@ pub mod routes;
 pub mod session;
 pub mod shop;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod templates;

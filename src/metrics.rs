@@ -3,11 +3,8 @@
 //! gauges that describe the database (active sessions, due-token backlog, pool use) are read
 //! when `/metrics` is scraped.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -120,7 +117,7 @@ impl Metrics {
         }
     }
 
-    fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    pub fn observe(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         self.http_requests
             .with_label_values(&[route, method, status.to_string().as_str()])
             .inc();
@@ -172,34 +169,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Counts every request by its route pattern (`/products/{slug}`, never the raw path, so
-/// the label set stays bounded) and times it.
-pub async fn record_requests(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let state = req.app_data::<crate::startup::State>().cloned();
-    let method = req.method().clone();
-    let result = next.call(req).await;
-    if let Some(state) = state {
-        let (route, status) = match &result {
-            Ok(res) => (
-                res.request()
-                    .match_pattern()
-                    .unwrap_or_else(|| "unmatched".to_owned()),
-                res.status().as_u16(),
-            ),
-            Err(e) => (
-                "unmatched".to_owned(),
-                e.as_response_error().status_code().as_u16(),
-            ),
-        };
-        state
-            .metrics
-            .observe(&route, method.as_str(), status, started.elapsed());
-    }
-    result
 }

@@ -1,4 +1,5 @@
-//! Builds the HTTP server and the shared application state.
+//! Wiring: builds the application state, the middleware stack and the HTTP server, and
+//! spawns the background tasks. Nothing here is used by the modules it wires.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -12,7 +13,6 @@ use actix_web::dev::Server;
 use actix_web::middleware::{DefaultHeaders, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use sqlx::PgPool;
-use tera::Tera;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
@@ -23,22 +23,9 @@ use crate::crypto::TokenCipher;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
 use crate::routes;
+use crate::state::{AppState, State};
 use crate::routes::rate_limit::RateLimits;
 use crate::session::{PgSessionStore, SessionTimeouts};
-
-/// Everything a handler needs, shared by all workers.
-pub struct AppState {
-    pub pool: PgPool,
-    pub tera: Tera,
-    pub oidc: Arc<Oidc>,
-    pub cipher: Arc<TokenCipher>,
-    pub refresher: Arc<Refresher>,
-    pub metrics: Arc<Metrics>,
-    pub proxies: TrustedProxies,
-    pub settings: Settings,
-}
-
-pub type State = web::Data<AppState>;
 
 pub struct Application {
     port: u16,
@@ -190,7 +177,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
             .wrap(from_fn(routes::errors::limit_query_length))
             .wrap(ErrorHandlers::new().default_handler(routes::errors::render_error_page))
             .wrap(routes::security::headers(&state.settings))
-            .wrap(from_fn(crate::metrics::record_requests))
+            .wrap(from_fn(routes::metrics::record_requests))
             .wrap(TracingLogger::default())
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(routes::errors::bad_query))

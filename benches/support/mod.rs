@@ -13,7 +13,8 @@ use futures_util::{StreamExt, stream};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgPool};
 use storefront::configuration::{Settings, get_configuration_with};
-use storefront::startup::{Application, State};
+use storefront::startup::Application;
+use storefront::state::State;
 
 #[path = "../../tests/support/local_provider.rs"]
 pub mod provider_login;

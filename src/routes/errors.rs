@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::error::{AppError, ErrorMessage};
 use crate::session::StoreUnavailable;
-use crate::startup::State;
-use crate::templates::Layout;
+use crate::state::State;
+use crate::routes::page::Layout;
 
 #[derive(Serialize)]
 struct ErrorPage {

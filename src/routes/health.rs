@@ -2,10 +2,10 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 
-use crate::routes::NoStore;
+use crate::routes::respond::NoStore;
 use serde_json::json;
 
-use crate::startup::State;
+use crate::state::State;
 
 /// Answers within about two seconds even when Postgres hangs.
 const DB_CHECK_TIMEOUT: Duration = Duration::from_millis(1500);

@@ -5,7 +5,9 @@ pub mod auth;
 pub mod errors;
 pub mod health;
 pub mod metrics;
+pub mod page;
 pub mod rate_limit;
+pub mod respond;
 pub mod security;
 pub mod shop;
 
@@ -13,8 +15,7 @@ use actix_web::web;
 
 use crate::error::AppError;
 use crate::session::TypedSession;
-use crate::startup::State;
-use crate::templates::Layout;
+use crate::state::State;
 use rate_limit::RateLimits;
 
 pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bool) {
@@ -65,11 +66,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
         );
 }
 
-/// The layout every page renders in, from the freshly loaded session.
-pub fn page_layout(state: &State, session: &TypedSession) -> Layout {
-    Layout::for_session(session, &state.settings.admin)
-}
-
 /// A POST form's CSRF token must match the session's, or nothing happens.
 pub fn require_csrf(session: &TypedSession, submitted: &str) -> Result<(), AppError> {
     if session.check_csrf(submitted) {
@@ -94,19 +90,4 @@ pub fn client_ip(req: &actix_web::HttpRequest) -> Option<String> {
         None => peer,
     };
     ip.map(|ip| ip.to_string())
-}
-
-/// `Cache-Control: no-store` for pages that show personal data.
-pub trait NoStore {
-    fn with_no_store(self) -> Self;
-}
-
-impl NoStore for actix_web::HttpResponse {
-    fn with_no_store(mut self) -> Self {
-        self.headers_mut().insert(
-            actix_web::http::header::CACHE_CONTROL,
-            actix_web::http::header::HeaderValue::from_static("no-store"),
-        );
-        self
-    }
 }

@@ -8,7 +8,8 @@ use reqwest::Url;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use storefront::configuration::{Settings, get_configuration_with};
-use storefront::startup::{Application, State};
+use storefront::startup::Application;
+use storefront::state::State;
 
 use crate::fake_idp::{CLIENT_ID, CLIENT_SECRET, FakeIdp};
 

@@ -16,11 +16,13 @@ use crate::admin::{
 };
 use crate::auth::{is_admin, tokens};
 use crate::error::{AppError, Result};
-use crate::routes::{NoStore, client_ip};
-use crate::routes::{page_layout, require_csrf};
+use crate::routes::client_ip;
+use crate::routes::respond::{NoStore, see_other};
+use crate::routes::page::page_layout;
+use crate::routes::require_csrf;
 use crate::session::{AuthState, TypedSession};
-use crate::startup::State;
-use crate::templates::render;
+use crate::state::State;
+use crate::routes::page::render;
 
 const PAGE_SIZE: i64 = 50;
 
@@ -365,7 +367,7 @@ pub async fn revoke(
         .await?
         .ok_or_else(gone)?;
     tokens::revoke_at_provider(state.oidc.clone(), revoked.logins);
-    Ok(crate::routes::auth::login::redirect(&format!(
+    Ok(see_other(&format!(
         "/admin/sessions?revoked={}",
         revoked.sessions_ended
     )))

@@ -3,7 +3,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::oidc::OidcError;
-use crate::startup::State;
+use crate::state::State;
 
 #[derive(Deserialize)]
 pub struct BackchannelForm {

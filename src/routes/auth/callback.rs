@@ -1,12 +1,12 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use super::login::found;
+use crate::routes::respond::found;
 use super::provider_error;
 use crate::auth::tokens::store_login;
 use crate::error::{AppError, Result};
 use crate::session::{ClientInfo, TypedSession};
-use crate::startup::State;
+use crate::state::State;
 
 #[derive(Deserialize)]
 pub struct CallbackQuery {

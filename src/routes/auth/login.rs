@@ -8,11 +8,11 @@ use serde::Serialize;
 use super::provider_error;
 use crate::auth::{login_url, safe_return_to};
 use crate::error::{AppError, Result};
-use crate::routes::NoStore;
-use crate::routes::page_layout;
+use crate::routes::respond::{NoStore, found, see_other};
+use crate::routes::page::page_layout;
 use crate::session::TypedSession;
-use crate::startup::State;
-use crate::templates::render;
+use crate::state::State;
+use crate::routes::page::render;
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
@@ -49,7 +49,7 @@ pub async fn start_login(
             };
             return Ok(render(&state.tera, "auth/login_again.html", &layout, page)?.with_no_store());
         }
-        Some(_) => return Ok(redirect(&return_to)),
+        Some(_) => return Ok(see_other(&return_to)),
         None => {}
     }
     let (url, pending) = state
@@ -74,20 +74,4 @@ fn same_site_referer(req: &HttpRequest, public_url: &url::Url) -> Option<String>
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_owned(),
     })
-}
-
-/// 302 Found, not cached: the redirects of the login flow.
-pub fn found(location: &str) -> HttpResponse {
-    HttpResponse::Found()
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
-}
-
-/// 303 See Other, not cached: after a form, or to send the browser elsewhere.
-pub fn redirect(location: &str) -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .finish()
 }

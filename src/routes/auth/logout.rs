@@ -1,12 +1,12 @@
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
-use super::login::redirect;
+use crate::routes::respond::see_other;
 use crate::auth::tokens;
 use crate::error::Result;
 use crate::routes::require_csrf;
 use crate::session::TypedSession;
-use crate::startup::State;
+use crate::state::State;
 
 #[derive(Deserialize)]
 pub struct LogoutForm {
@@ -25,7 +25,7 @@ pub async fn log_out(
     require_csrf(&session, &form.csrf_token)?;
     let Some(auth) = session.auth() else {
         session.log_out();
-        return Ok(redirect("/"));
+        return Ok(see_other("/"));
     };
     // One statement: the tokens are deleted (the session rows with them) and handed back.
     let stored = tokens::delete_logins(&state.pool, &state.cipher, &[auth.token_id])
@@ -33,7 +33,7 @@ pub async fn log_out(
         .pop();
     session.log_out();
     let Some(stored) = stored else {
-        return Ok(redirect("/"));
+        return Ok(see_other("/"));
     };
     let end_session = state
         .oidc
@@ -41,5 +41,5 @@ pub async fn log_out(
         .await;
     tokens::revoke_at_provider(state.oidc.clone(), vec![stored]);
     tracing::info!(user_id = %auth.user_id, "User logged out");
-    Ok(redirect(end_session.as_ref().map_or("/", |u| u.as_str())))
+    Ok(see_other(end_session.as_ref().map_or("/", |u| u.as_str())))
 }

@@ -1,15 +1,15 @@
 use actix_web::HttpResponse;
 
-use crate::routes::NoStore;
+use crate::routes::respond::NoStore;
 use serde::Serialize;
 
 use crate::auth::oidc::OidcError;
 use crate::auth::refresh::AccessError;
 use crate::error::{AppError, Result};
-use crate::routes::page_layout;
+use crate::routes::page::page_layout;
 use crate::session::TypedSession;
-use crate::startup::State;
-use crate::templates::render;
+use crate::state::State;
+use crate::routes::page::render;
 
 #[derive(Serialize)]
 struct ProfilePage {

@@ -4,15 +4,16 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{AppError, Result};
-use crate::routes::NoStore;
-use crate::routes::auth::login::redirect;
-use crate::routes::{page_layout, require_csrf};
+use crate::routes::respond::NoStore;
+use crate::routes::respond::see_other;
+use crate::routes::page::page_layout;
+use crate::routes::require_csrf;
 use crate::session::TypedSession;
 use crate::shop::cart::{self, Cart, MAX_QUANTITY, PricedCart};
 use crate::shop::catalogue;
 use crate::shop::orders::{self, CheckoutError};
-use crate::startup::State;
-use crate::templates::render_with_status;
+use crate::state::State;
+use crate::routes::page::render_with_status;
 
 #[derive(Serialize)]
 struct CartPage {
@@ -103,7 +104,7 @@ pub async fn change_item(
     session
         .set_cart(&cart)
         .map_err(|e| AppError::Unexpected(e.into()))?;
-    Ok(redirect("/cart"))
+    Ok(see_other("/cart"))
 }
 
 #[derive(Deserialize)]
@@ -123,7 +124,7 @@ pub async fn remove_item(
     session
         .set_cart(&cart)
         .map_err(|e| AppError::Unexpected(e.into()))?;
-    Ok(redirect("/cart"))
+    Ok(see_other("/cart"))
 }
 
 #[derive(Deserialize)]
@@ -155,7 +156,7 @@ pub async fn checkout(
                     .set_cart(&Cart::default())
                     .map_err(|e| AppError::Unexpected(e.into()))?;
             }
-            Ok(redirect(&format!("/orders/{}", placed.order_id)))
+            Ok(see_other(&format!("/orders/{}", placed.order_id)))
         }
         Err(e @ CheckoutError::EmptyCart) => Err(AppError::BadRequest(e.to_string())),
         Err(e @ CheckoutError::OutOfStock(_)) => {

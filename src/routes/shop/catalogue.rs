@@ -2,12 +2,12 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 
 use crate::error::{AppError, Result};
-use crate::routes::page_layout;
+use crate::routes::page::page_layout;
 use crate::session::TypedSession;
 use crate::shop::cart::MAX_QUANTITY;
 use crate::shop::catalogue::{self, Product};
-use crate::startup::State;
-use crate::templates::render;
+use crate::state::State;
+use crate::routes::page::render;
 
 #[derive(Serialize)]
 struct ProductView {

@@ -3,12 +3,12 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::{AppError, Result};
-use crate::routes::NoStore;
-use crate::routes::page_layout;
+use crate::routes::respond::NoStore;
+use crate::routes::page::page_layout;
 use crate::session::TypedSession;
 use crate::shop::orders::{self, Order};
-use crate::startup::State;
-use crate::templates::render;
+use crate::state::State;
+use crate::routes::page::render;
 
 #[derive(Serialize)]
 struct OrdersPage {

@@ -1,0 +1,94 @@
+//! The page every HTML route renders: the layout (who is logged in, the cart, the CSRF token)
+//! around a template's own context.
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use anyhow::Context as _;
+use serde::Serialize;
+use tera::{Context, Tera};
+
+use crate::auth::is_admin;
+use crate::configuration::AdminSettings;
+use crate::session::TypedSession;
+use crate::state::State;
+
+/// The layout every page renders in, from the freshly loaded session.
+pub fn page_layout(state: &State, session: &TypedSession) -> Layout {
+    Layout::for_session(session, &state.settings.admin)
+}
+
+/// What the layout shows on every page: who is logged in, the cart, the CSRF token for forms.
+#[derive(Debug, Serialize)]
+pub struct Layout {
+    pub user_name: Option<String>,
+    pub is_admin: bool,
+    pub csrf_token: String,
+    pub cart_count: u32,
+}
+
+impl Layout {
+    pub fn for_session(session: &TypedSession, admins: &AdminSettings) -> Self {
+        let auth = session.auth();
+        Self {
+            user_name: auth.as_ref().map(|a| a.display_name().to_owned()),
+            is_admin: auth.as_ref().is_some_and(|a| is_admin(admins, a)),
+            // Anonymous visitors get a CSRF token (and so a session row) only from pages
+            // that have a form; the layout's logout form needs one only when logged in.
+            csrf_token: if auth.is_some() {
+                session.csrf_token()
+            } else {
+                session.existing_csrf_token().unwrap_or_default()
+            },
+            cart_count: session.cart().count(),
+        }
+    }
+}
+
+impl Layout {
+    /// For pages rendered without a session.
+    pub fn anonymous() -> Self {
+        Self {
+            user_name: None,
+            is_admin: false,
+            csrf_token: String::new(),
+            cart_count: 0,
+        }
+    }
+
+    /// For error pages: reads the session but never writes to it (the store may be down).
+    pub fn for_error_page(session: &TypedSession) -> Self {
+        Self {
+            user_name: session.auth().map(|a| a.display_name().to_owned()),
+            is_admin: false,
+            csrf_token: session.existing_csrf_token().unwrap_or_default(),
+            cart_count: session.cart().count(),
+        }
+    }
+}
+
+/// Renders `template` inside the layout.
+pub fn render(
+    tera: &Tera,
+    template: &str,
+    layout: &Layout,
+    page: impl Serialize,
+) -> anyhow::Result<HttpResponse> {
+    render_with_status(tera, StatusCode::OK, template, layout, page)
+}
+
+pub fn render_with_status(
+    tera: &Tera,
+    status: StatusCode,
+    template: &str,
+    layout: &Layout,
+    page: impl Serialize,
+) -> anyhow::Result<HttpResponse> {
+    let mut ctx = Context::from_serialize(page).context("page context")?;
+    ctx.insert("layout", layout);
+    let html = tera
+        .render(template, &ctx)
+        .with_context(|| format!("rendering {template}"))?;
+    Ok(HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(html))
+}

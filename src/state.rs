@@ -1,0 +1,30 @@
+//! The application state every handler and middleware reads: built once by `startup`, shared
+//! by all workers behind one `web::Data`.
+
+use std::sync::Arc;
+
+use actix_web::web;
+use sqlx::PgPool;
+use tera::Tera;
+
+use crate::auth::oidc::Oidc;
+use crate::auth::refresh::Refresher;
+use crate::configuration::Settings;
+use crate::crypto::TokenCipher;
+use crate::metrics::Metrics;
+use crate::net::TrustedProxies;
+
+/// Everything a handler needs, shared by all workers.
+pub struct AppState {
+    pub pool: PgPool,
+    pub tera: Tera,
+    pub oidc: Arc<Oidc>,
+    pub cipher: Arc<TokenCipher>,
+    pub refresher: Arc<Refresher>,
+    pub metrics: Arc<Metrics>,
+    pub proxies: TrustedProxies,
+    pub settings: Settings,
+}
+
+/// What handlers take as an extractor.
+pub type State = web::Data<AppState>;
