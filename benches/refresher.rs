@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use sqlx::{Connection, Executor, PgPool};
-use storefront::auth::refresh::{CLAIM_DUE_TOKENS, Outcome};
+use storefront::auth::refresh::Outcome;
+use storefront::auth::tokens::CLAIM_DUE_TOKENS;
 use support::{env_usize, fill, fresh_database, millis, percentile, start_stack, time_claims};
 use tokio_util::sync::CancellationToken;
 

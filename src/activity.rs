@@ -4,12 +4,37 @@
 
 use sqlx::PgPool;
 
+use crate::db::text_enum;
+
+text_enum! {
+    /// What `activity_stats` counts (its CHECK lists the same names).
+    pub enum ActivityEvent {
+        Login = "login",
+        RefreshOk = "refresh_ok",
+        RefreshTransientFailure = "refresh_transient_failure",
+        RefreshInvalidGrant = "refresh_invalid_grant",
+        RefreshRaceRecovered = "refresh_race_recovered",
+    }
+}
+
+impl ActivityEvent {
+    /// Refreshes that left the login usable, as the dashboard counts them.
+    pub const REFRESHES_OK: [ActivityEvent; 2] = [
+        ActivityEvent::RefreshOk,
+        ActivityEvent::RefreshRaceRecovered,
+    ];
+    /// Refreshes that failed, transiently or for good.
+    pub const REFRESHES_FAILED: [ActivityEvent; 2] = [
+        ActivityEvent::RefreshTransientFailure,
+        ActivityEvent::RefreshInvalidGrant,
+    ];
+}
+
 /// How long counts are kept.
 pub const RETENTION_DAYS: i32 = 30;
 
-/// Adds `n` to the current minute's count of `event` (one of the names the table's CHECK
-/// allows).
-pub async fn record(pool: &PgPool, event: &str, n: u64) -> Result<(), sqlx::Error> {
+/// Adds `n` to the current minute's count of `event`.
+pub async fn record(pool: &PgPool, event: ActivityEvent, n: u64) -> Result<(), sqlx::Error> {
     sqlx::query(
         r#"
         INSERT INTO activity_stats (minute, event, count)

@@ -11,7 +11,7 @@ use prometheus::{
 };
 use sqlx::PgPool;
 
-use crate::auth::refresh::due_tokens;
+use crate::auth::tokens;
 
 pub struct Metrics {
     registry: Registry,
@@ -129,23 +129,17 @@ impl Metrics {
     /// The text exposition, after reading the database gauges (skipped, and left at their
     /// last values, if Postgres does not answer within a second).
     pub async fn render(&self, pool: &PgPool, lead_secs: u64) -> String {
-        let counts = tokio::time::timeout(
-            Duration::from_secs(1),
-            sqlx::query_as::<_, (i64, i64)>(concat!(
-                "SELECT
-                  (SELECT count(*) FROM sessions WHERE token_id IS NOT NULL AND expires_at > now()),
-                  (SELECT count(*) FROM oauth_tokens WHERE ",
-                due_tokens!(),
-                ")"
-            ))
-            .bind(lead_secs as f64)
-            .fetch_one(pool),
-        )
+        let counts = tokio::time::timeout(Duration::from_secs(1), async {
+            tokio::try_join!(
+                crate::session::count_logged_in(pool),
+                tokens::counts(pool, lead_secs)
+            )
+        })
         .await;
         match counts {
-            Ok(Ok((sessions, due))) => {
+            Ok(Ok((sessions, tokens))) => {
                 self.active_sessions.set(sessions);
-                self.due_backlog.set(due);
+                self.due_backlog.set(tokens.due_backlog);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "Metrics: database gauges not read"),
             Err(_) => tracing::warn!("Metrics: database gauges timed out"),

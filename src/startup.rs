@@ -23,9 +23,9 @@ use crate::crypto::TokenCipher;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
 use crate::routes;
-use crate::state::{AppState, State};
 use crate::routes::rate_limit::RateLimits;
 use crate::session::{PgSessionStore, SessionTimeouts};
+use crate::state::{AppState, State};
 
 pub struct Application {
     port: u16,
@@ -171,7 +171,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
     let server = HttpServer::new(move || {
         let static_dir = state.settings.server.static_dir.clone();
         App::new()
-            .wrap(from_fn(routes::auth::require_live_login))
+            .wrap(from_fn(routes::identity::identify))
             .wrap(session_middleware(&state.settings, state.pool.clone()))
             .wrap(from_fn(routes::errors::errors_to_responses))
             .wrap(from_fn(routes::errors::limit_query_length))

@@ -129,7 +129,7 @@ pub async fn time_claims(
     for _ in 0..runs {
         let mut tx = conn.begin().await?;
         let started = Instant::now();
-        let rows = sqlx::query(storefront::auth::refresh::CLAIM_DUE_TOKENS)
+        let rows = sqlx::query(storefront::auth::tokens::CLAIM_DUE_TOKENS)
             .bind(lead_secs)
             .bind(batch)
             .bind(uuid::Uuid::new_v4())

@@ -1,11 +1,12 @@
 //! Login state: who is logged in, where to send them back, and who is an admin.
 
+pub mod identity;
 pub mod oidc;
 pub mod refresh;
 pub mod tokens;
 
 use crate::configuration::AdminSettings;
-use crate::session::AuthState;
+use identity::AuthState;
 
 /// `/login?return_to=…` for a path already known to be safe.
 pub fn login_url(return_to: &str) -> String {

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use url::Url;
 
+use super::identity::PendingLogin;
 use crate::configuration::Settings;
-use crate::session::PendingLogin;
 
 /// Claims beyond the standard ones: the groups the admin check reads and the provider session.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -151,21 +151,24 @@ impl OidcError {
     }
 }
 
-/// What a successful code exchange (or refresh) hands back.
+/// The tokens of a token endpoint answer.
 pub struct TokenSet {
     pub access_token: SecretString,
     pub refresh_token: Option<SecretString>,
     pub id_token: Option<SecretString>,
     pub expires_in: Option<Duration>,
-    pub claims: Option<ShopIdTokenClaims>,
 }
 
-impl TokenSet {
-    pub fn claims(&self) -> &ShopIdTokenClaims {
-        self.claims
-            .as_ref()
-            .expect("a login always has verified ID token claims")
-    }
+/// A completed code exchange: the tokens and the claims of its verified ID token.
+pub struct Login {
+    pub tokens: TokenSet,
+    pub claims: ShopIdTokenClaims,
+}
+
+/// A completed refresh: the tokens, and the claims of the new ID token if the provider sent one.
+pub struct Refreshed {
+    pub tokens: TokenSet,
+    pub claims: Option<ShopIdTokenClaims>,
 }
 
 struct Provider {
@@ -418,7 +421,7 @@ impl Oidc {
         &self,
         code: String,
         login: &PendingLogin,
-    ) -> Result<TokenSet, OidcError> {
+    ) -> Result<Login, OidcError> {
         let provider = self.provider().await?;
         let client = self.client(&provider);
         let response = client
@@ -436,7 +439,10 @@ impl Oidc {
         let claims = self
             .verify_id_token(&id_token, Some(&nonce), response.access_token())
             .await?;
-        Ok(token_set(&response, Some(claims), Some(&id_token)))
+        Ok(Login {
+            tokens: token_set(&response, Some(&id_token)),
+            claims,
+        })
     }
 
     /// Uses a refresh token; an ID token in the answer is validated and must name `subject`.
@@ -444,7 +450,7 @@ impl Oidc {
         &self,
         refresh_token: &SecretString,
         subject: &str,
-    ) -> Result<TokenSet, OidcError> {
+    ) -> Result<Refreshed, OidcError> {
         let provider = self.provider().await?;
         let client = self.client(&provider);
         let refresh = RefreshToken::new(refresh_token.expose_secret().to_owned());
@@ -468,7 +474,10 @@ impl Oidc {
             }
             None => None,
         };
-        Ok(token_set(&response, claims, response.id_token()))
+        Ok(Refreshed {
+            tokens: token_set(&response, response.id_token()),
+            claims,
+        })
     }
 
     /// Runs `verify` against the provider's keys. An unknown `kid` refetches the JWKS once
@@ -730,11 +739,7 @@ impl Oidc {
     }
 }
 
-fn token_set(
-    response: &ShopTokenResponse,
-    claims: Option<ShopIdTokenClaims>,
-    id_token: Option<&ShopIdToken>,
-) -> TokenSet {
+fn token_set(response: &ShopTokenResponse, id_token: Option<&ShopIdToken>) -> TokenSet {
     TokenSet {
         access_token: SecretString::from(response.access_token().secret().to_owned()),
         refresh_token: response
@@ -742,7 +747,6 @@ fn token_set(
             .map(|t| SecretString::from(t.secret().to_owned())),
         id_token: id_token.map(|t| SecretString::from(t.to_string())),
         expires_in: response.expires_in(),
-        claims,
     }
 }
 

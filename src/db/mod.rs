@@ -36,15 +36,131 @@ pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(settings.connect_options()?))
 }
 
-/// True for errors that mean "the database is not reachable right now" (answer 503).
+/// True for errors that mean "the database cannot be reached right now" (answer 503): any
+/// failure to get a working connection (pool timeout, I/O, TLS, protocol) and the SQLSTATEs a
+/// server sends while it refuses or loses connections: class 08 (connection exception), 53
+/// (insufficient resources, e.g. too many connections), 55000 (object not in prerequisite
+/// state: `ALLOW_CONNECTIONS false`), 57P (shutting down, crash recovery), and the
+/// connection-time refusals 28 (authentication) and 3D000 (no such database).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
+    match err {
         sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed
-    ) || matches!(err, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| is_outage_sqlstate(&code)),
+        _ => false,
+    }
 }
+
+fn is_outage_sqlstate(code: &str) -> bool {
+    ["08", "53", "57P", "28"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || matches!(code, "55000" | "3D000")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_outage_sqlstate;
+
+    #[test]
+    fn connection_refusals_are_outages_and_query_errors_are_not() {
+        for code in [
+            "08006", "08001", "53300", "53100", "55000", "57P01", "57P03", "28P01", "3D000",
+        ] {
+            assert!(is_outage_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "22P02", "42P01", "40001", "55P03", "57014"] {
+            assert!(!is_outage_sqlstate(code), "{code}");
+        }
+    }
+}
+
+/// A value read from a `text` column that is not one of its enum's names.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown value `{0}`")]
+pub struct UnknownValue(pub String);
+
+/// An enum stored in a `text` column whose CHECK constraint lists the same names: it encodes
+/// and decodes as its name (through `&str`, so no type lookup by name on a connection), parses
+/// from it (`FromStr`) and serialises as it (serde).
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        $vis enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::db::UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err($crate::db::UnknownValue(other.to_owned())),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl sqlx::Type<sqlx::Postgres> for $name {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl sqlx::postgres::PgHasArrayType for $name {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Postgres> for $name {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, sqlx::Postgres>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<'r, sqlx::Postgres>>::decode(value)?;
+                Ok(text.parse::<$name>()?)
+            }
+        }
+    };
+}
+pub(crate) use text_enum;

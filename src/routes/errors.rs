@@ -1,6 +1,5 @@
 //! The one error page every 4xx/5xx goes through, and the extractor error handlers.
 
-use actix_session::SessionExt;
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
@@ -10,9 +9,9 @@ use actix_web::{HttpRequest, HttpResponse, error};
 use serde::Serialize;
 
 use crate::error::{AppError, ErrorMessage};
-use crate::session::StoreUnavailable;
-use crate::state::State;
 use crate::routes::page::Layout;
+use crate::session::watch_for_outage;
+use crate::state::State;
 
 #[derive(Serialize)]
 struct ErrorPage {
@@ -69,7 +68,7 @@ fn render(req: &HttpRequest, status: StatusCode, message: &str) -> String {
     let Some(state) = req.app_data::<State>() else {
         return message.to_owned();
     };
-    let session = crate::session::TypedSession::from_session(req.get_session());
+    let session = crate::session::TypedSession::of(req);
     render_page(
         &state.tera,
         status,
@@ -179,10 +178,10 @@ pub async fn errors_to_responses(
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let state = req.app_data::<State>().cloned();
-    match next.call(req).await {
-        Ok(response) => Ok(response),
-        Err(err) => {
-            let status = if err.to_string() == StoreUnavailable.to_string() {
+    match watch_for_outage(next.call(req)).await {
+        (Ok(response), _) => Ok(response),
+        (Err(err), outage) => {
+            let status = if outage {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 err.as_response_error().status_code()

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod errors;
 pub mod health;
+pub mod identity;
 pub mod metrics;
 pub mod page;
 pub mod rate_limit;
@@ -38,15 +39,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
         .route("/checkout", web::post().to(shop::cart::checkout))
         .route("/orders", web::get().to(shop::orders::list_orders))
         .route("/orders/{id}", web::get().to(shop::orders::show_order))
-        .route("/admin", web::get().to(admin::dashboard))
-        .route("/admin/sessions", web::get().to(admin::sessions_page))
-        .service(
-            web::resource("/admin/sessions/{id}/revoke")
-                .wrap(limits.admin())
-                .route(web::post().to(admin::revoke)),
-        )
-        .route("/admin/audit", web::get().to(admin::audit_page))
-        .route("/admin/api/sessions", web::get().to(admin::sessions_api))
         .service(
             web::resource("/login")
                 .wrap(limits.login())
@@ -57,6 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
                 .wrap(limits.callback())
                 .route(web::get().to(auth::callback::login_callback)),
         )
+        .configure(|cfg| admin::configure(cfg, limits))
         .route("/profile", web::get().to(auth::profile::profile_page))
         .route("/logout", web::post().to(auth::logout::log_out))
         .service(

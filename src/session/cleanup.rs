@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::auth::tokens;
 
 /// Arbitrary but fixed: the advisory lock key of the session cleanup.
 const CLEANUP_LOCK_KEY: i64 = 0x5e55_c1ea;
@@ -37,7 +40,8 @@ pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupRe
             ..Default::default()
         });
     }
-    let (sessions, tokens): (i64, i64) = sqlx::query_as(
+    // The sessions go first, then the logins they held.
+    let token_ids: Vec<Option<Uuid>> = sqlx::query_scalar(
         r#"
         WITH doomed AS (
             SELECT session_id FROM sessions
@@ -45,55 +49,39 @@ pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupRe
             ORDER BY expires_at
             LIMIT $1
             FOR UPDATE SKIP LOCKED
-        ), gone AS (
-            DELETE FROM sessions s USING doomed d
-            WHERE s.session_id = d.session_id
-            RETURNING s.token_id
-        ), tokens AS (
-            DELETE FROM oauth_tokens t USING gone g
-            WHERE t.token_id = g.token_id
-            RETURNING 1
         )
-        SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM tokens)
+        DELETE FROM sessions s USING doomed d
+        WHERE s.session_id = d.session_id
+        RETURNING s.token_id
         "#,
     )
     .bind(batch)
-    .fetch_one(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let sessions = token_ids.len();
+    let logins: Vec<Uuid> = token_ids.into_iter().flatten().collect();
+    let tokens = if logins.is_empty() {
+        0
+    } else {
+        tokens::delete_unused(&mut tx, &logins).await?
+    };
     tx.commit().await?;
     Ok(CleanupReport {
         sessions: sessions as u64,
-        tokens: tokens as u64,
+        tokens,
         skipped: false,
     })
 }
 
-/// Deletes logins whose session was never saved (a crash between storing the tokens and
-/// saving the session), older than an hour. This reads every token row, so it runs once per
-/// cleanup pass rather than once per batch.
+/// Deletes logins whose session was never saved, under the cleanup lock.
 async fn delete_orphan_logins(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let locked = try_cleanup_lock(&mut tx).await?;
-    if !locked {
+    if !try_cleanup_lock(&mut tx).await? {
         return Ok(0);
     }
-    let orphans = sqlx::query(
-        r#"
-        DELETE FROM oauth_tokens t
-        WHERE t.token_id IN (
-            SELECT token_id FROM oauth_tokens o
-            WHERE o.created_at < now() - interval '1 hour'
-              AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.token_id = o.token_id)
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
-        )
-        "#,
-    )
-    .bind(limit)
-    .execute(&mut *tx)
-    .await?;
+    let orphans = tokens::delete_orphans(&mut tx, limit).await?;
     tx.commit().await?;
-    Ok(orphans.rows_affected())
+    Ok(orphans)
 }
 
 /// Deletes every expired session, batch after batch, pausing briefly between batches.

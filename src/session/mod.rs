@@ -4,12 +4,12 @@ pub mod cleanup;
 pub mod pg_store;
 mod typed;
 
-pub use pg_store::{PgSessionStore, SessionTimeouts, StoreUnavailable};
-pub use typed::{PendingLogin, TypedSession};
+pub use pg_store::{PgSessionStore, SessionTimeouts, watch_for_outage};
+pub use typed::TypedSession;
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+
+pub use crate::auth::identity::{AuthState, PendingLogin};
 
 /// Read-only entry the store adds on load: the logged-in user and their token health.
 pub(crate) const AUTH_KEY: &str = "__auth";
@@ -18,35 +18,43 @@ pub(crate) const TOKEN_KEY: &str = "token_id";
 /// IP address and user agent recorded at login, for the admin dashboard.
 pub(crate) const CLIENT_KEY: &str = "client";
 
-/// Who is logged in, as joined from `users` and `oauth_tokens` on every load.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AuthState {
-    pub user_id: Uuid,
-    pub token_id: Uuid,
-    pub subject: String,
-    pub email: Option<String>,
-    pub name: Option<String>,
-    pub groups: Vec<String>,
-    pub access_expires_at: DateTime<Utc>,
-    pub refresh_status: String,
-}
-
-impl AuthState {
-    /// The provider refused the refresh token: the shopper must log in again.
-    pub fn needs_login(&self) -> bool {
-        self.refresh_status == "needs_login"
-    }
-
-    pub fn display_name(&self) -> &str {
-        self.name
-            .as_deref()
-            .or(self.email.as_deref())
-            .unwrap_or(&self.subject)
-    }
-}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientInfo {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+}
+
+/// Live logged-in sessions (the dashboard's and the metrics' "active sessions").
+pub async fn count_logged_in(pool: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM sessions WHERE token_id IS NOT NULL AND expires_at > now()",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes the sessions of these logins; returns how many ended.
+pub async fn end_sessions_of_logins(
+    conn: &mut sqlx::PgConnection,
+    token_ids: &[uuid::Uuid],
+) -> Result<i64, sqlx::Error> {
+    let ended = sqlx::query("DELETE FROM sessions WHERE token_id = ANY($1)")
+        .bind(token_ids)
+        .execute(conn)
+        .await?;
+    Ok(ended.rows_affected() as i64)
+}
+
+/// Deletes every logged-in session of one user; returns how many ended.
+pub async fn end_sessions_of_user(
+    conn: &mut sqlx::PgConnection,
+    user_id: uuid::Uuid,
+) -> Result<i64, sqlx::Error> {
+    let ended = sqlx::query(
+        "DELETE FROM sessions WHERE token_id IN (SELECT token_id FROM logins WHERE user_id = $1)",
+    )
+    .bind(user_id)
+    .execute(conn)
+    .await?;
+    Ok(ended.rows_affected() as i64)
 }

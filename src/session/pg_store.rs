@@ -7,6 +7,7 @@
 //!   as the read-only [`AUTH_KEY`] entry: "who is this and must they log in again" costs no
 //!   second round trip, and a revoked session is anonymous on its very next request.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -17,15 +18,27 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{AUTH_KEY, AuthState, CLIENT_KEY, ClientInfo, TOKEN_KEY};
+use crate::auth::tokens::RefreshStatus;
 use crate::crypto::{random_token, sha256};
 
 type State = HashMap<String, String>;
 
-/// The root cause attached to a failed load/save when Postgres is unreachable, so the error
-/// page can answer 503 instead of 500.
-#[derive(Debug, thiserror::Error)]
-#[error("the session database is unavailable")]
-pub struct StoreUnavailable;
+tokio::task_local! {
+    /// Whether the store found Postgres unreachable while serving the current request.
+    /// actix-session turns every store error into an opaque 500; this is how the error page
+    /// learns that it was an outage (503) rather than a bug.
+    static OUTAGE: Cell<bool>;
+}
+
+/// Runs `request` and reports whether the session store met a database outage in it.
+pub async fn watch_for_outage<F: Future>(request: F) -> (F::Output, bool) {
+    OUTAGE
+        .scope(Cell::new(false), async {
+            let output = request.await;
+            (output, OUTAGE.with(Cell::get))
+        })
+        .await
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionTimeouts {
@@ -80,7 +93,7 @@ impl PgSessionStore {
             INSERT INTO sessions (session_id, key_hash, state, token_id, ip, user_agent,
                                   expires_at, absolute_expires_at)
             VALUES ($1, $2, $3,
-                    (SELECT token_id FROM oauth_tokens WHERE token_id = $4),
+                    (SELECT token_id FROM logins WHERE token_id = $4),
                     $5::inet, $6,
                     now() + make_interval(secs => LEAST($7, $8)),
                     now() + make_interval(secs => $8))
@@ -138,14 +151,14 @@ fn hash(key: &SessionKey) -> Vec<u8> {
     sha256(key.as_ref().as_bytes()).to_vec()
 }
 
-/// Wraps connection failures in [`StoreUnavailable`] so callers can tell them apart.
+/// Logs a failed query and notes an outage for [`watch_for_outage`].
 fn classify(err: sqlx::Error) -> anyhow::Error {
     tracing::warn!(error = ?err, "Session store query failed");
     if crate::db::is_unavailable(&err) {
-        anyhow::Error::new(err).context(StoreUnavailable)
-    } else {
-        anyhow::Error::new(err)
+        // Outside a watched request (a test calling the store directly) there is no one to tell.
+        let _ = OUTAGE.try_with(|outage| outage.set(true));
     }
+    anyhow::Error::new(err)
 }
 
 #[derive(sqlx::FromRow)]
@@ -160,7 +173,7 @@ struct LoadedRow {
     groups: Option<Vec<String>>,
     token_id: Option<Uuid>,
     access_expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    refresh_status: Option<String>,
+    refresh_status: Option<RefreshStatus>,
 }
 
 impl SessionStore for PgSessionStore {
@@ -168,11 +181,10 @@ impl SessionStore for PgSessionStore {
         // A plain read in steady state: the session, its login and the user in one query.
         let row: Option<LoadedRow> = sqlx::query_as(
             r#"
-            SELECT s.session_id, s.state, s.last_seen_at, u.user_id, u.subject, u.email, u.name,
-                   u.groups, t.token_id, t.access_expires_at, t.refresh_status
+            SELECT s.session_id, s.state, s.last_seen_at, l.user_id, l.subject, l.email, l.name,
+                   l.groups, l.token_id, l.access_expires_at, l.refresh_status
             FROM sessions s
-            LEFT JOIN oauth_tokens t ON t.token_id = s.token_id
-            LEFT JOIN users u ON u.user_id = t.user_id
+            LEFT JOIN logins l ON l.token_id = s.token_id
             WHERE s.key_hash = $1 AND s.expires_at > now() AND s.absolute_expires_at > now()
             "#,
         )
@@ -203,7 +215,7 @@ impl SessionStore for PgSessionStore {
                     name: row.name,
                     groups: row.groups.unwrap_or_default(),
                     access_expires_at,
-                    refresh_status: row.refresh_status.unwrap_or_default(),
+                    refresh_status: row.refresh_status.unwrap_or(RefreshStatus::Ok),
                 };
                 let json = serde_json::to_string(&auth)
                     .map_err(|e| LoadError::Deserialization(e.into()))?;
@@ -234,7 +246,7 @@ impl SessionStore for PgSessionStore {
             r#"
             UPDATE sessions
             SET state = $2,
-                token_id = (SELECT token_id FROM oauth_tokens WHERE token_id = $3),
+                token_id = (SELECT token_id FROM logins WHERE token_id = $3),
                 ip = COALESCE($4::inet, ip),
                 user_agent = COALESCE($5, user_agent),
                 last_seen_at = now(),

@@ -154,7 +154,6 @@ async fn seed_sessions(app: &TestApp, n: usize) {
             refresh_token: Some(SecretString::from(format!("rt-{i}"))),
             id_token: None,
             expires_in: Some(Duration::from_secs(3600)),
-            claims: None,
         };
         let token_id = tokens::insert_tokens(
             &mut *tx,

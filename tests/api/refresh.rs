@@ -158,7 +158,6 @@ async fn seed_logins(app: &TestApp, n: usize) {
             refresh_token: Some(SecretString::from(app.idp.issue_refresh_token(&sub))),
             id_token: None,
             expires_in: Some(Duration::from_secs(1)),
-            claims: None,
         };
         tokens::insert_tokens(&mut *tx, &app.state.cipher, user_id, None, &tokens)
             .await

@@ -3,6 +3,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::oidc::OidcError;
+use crate::auth::tokens;
 use crate::state::State;
 
 #[derive(Deserialize)]
@@ -39,26 +40,16 @@ pub async fn backchannel_logout(
             return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
-    // With a `sid`, end that provider session (of that subject, when named); with only a
-    // `sub`, every session of that user at this issuer.
-    let ended = sqlx::query(
-        r#"
-        DELETE FROM oauth_tokens t
-        USING users u
-        WHERE u.user_id = t.user_id
-          AND u.issuer = $1
-          AND ($2::text IS NULL OR u.subject = $2)
-          AND ($3::text IS NULL OR t.provider_sid = $3)
-        "#,
+    let ended = tokens::end_provider_sessions(
+        &state.pool,
+        state.oidc.issuer(),
+        sub.as_deref(),
+        sid.as_deref(),
     )
-    .bind(state.oidc.issuer())
-    .bind(&sub)
-    .bind(&sid)
-    .execute(&state.pool)
     .await;
     match ended {
         Ok(done) => {
-            tracing::Span::current().record("ended", done.rows_affected());
+            tracing::Span::current().record("ended", done);
             HttpResponse::Ok()
                 .insert_header(("Cache-Control", "no-store"))
                 .finish()

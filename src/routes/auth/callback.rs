@@ -1,10 +1,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use crate::routes::respond::found;
 use super::provider_error;
 use crate::auth::tokens::store_login;
 use crate::error::{AppError, Result};
+use crate::routes::respond::found;
 use crate::session::{ClientInfo, TypedSession};
 use crate::state::State;
 

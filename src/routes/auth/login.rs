@@ -1,4 +1,3 @@
-use actix_web::http::header;
 use actix_web::web;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -8,11 +7,12 @@ use serde::Serialize;
 use super::provider_error;
 use crate::auth::{login_url, safe_return_to};
 use crate::error::{AppError, Result};
-use crate::routes::respond::{NoStore, found, see_other};
+use crate::routes::identity::same_site_referer;
 use crate::routes::page::page_layout;
+use crate::routes::page::render;
+use crate::routes::respond::{NoStore, found, see_other};
 use crate::session::TypedSession;
 use crate::state::State;
-use crate::routes::page::render;
 
 #[derive(Deserialize)]
 pub struct LoginQuery {
@@ -61,17 +61,4 @@ pub async fn start_login(
         .begin_login(pending)
         .map_err(|e| AppError::Unexpected(e.into()))?;
     Ok(found(url.as_str()))
-}
-
-/// The path and query of the `Referer`, if it is a page of this shop (other than `/login`).
-fn same_site_referer(req: &HttpRequest, public_url: &url::Url) -> Option<String> {
-    let referer = req.headers().get(header::REFERER)?.to_str().ok()?;
-    let url = url::Url::parse(referer).ok()?;
-    if url.origin() != public_url.origin() || url.path() == "/login" {
-        return None;
-    }
-    Some(match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_owned(),
-    })
 }

@@ -1,10 +1,10 @@
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
-use crate::routes::respond::see_other;
 use crate::auth::tokens;
 use crate::error::Result;
 use crate::routes::require_csrf;
+use crate::routes::respond::see_other;
 use crate::session::TypedSession;
 use crate::state::State;
 

@@ -6,10 +6,11 @@ use serde::Serialize;
 use crate::auth::oidc::OidcError;
 use crate::auth::refresh::AccessError;
 use crate::error::{AppError, Result};
+use crate::routes::identity::CurrentUser;
 use crate::routes::page::page_layout;
+use crate::routes::page::render;
 use crate::session::TypedSession;
 use crate::state::State;
-use crate::routes::page::render;
 
 #[derive(Serialize)]
 struct ProfilePage {
@@ -27,20 +28,19 @@ pub fn access_error(err: AccessError, return_to: &str) -> AppError {
                 "The sign-in provider is unavailable; we are retrying. Please try again in a moment.".into(),
             )
         }
-        AccessError::Other(e) => AppError::Unexpected(e),
+        AccessError::Database(e) => e.into(),
+        AccessError::Store(e) => AppError::Unexpected(e.into()),
     }
 }
 
 /// The user's claims, fetched from userinfo with their access token (never from the browser).
 #[tracing::instrument(name = "Profile page", skip_all)]
-pub async fn profile_page(state: State, session: TypedSession) -> Result<HttpResponse> {
+pub async fn profile_page(
+    state: State,
+    session: TypedSession,
+    auth: CurrentUser,
+) -> Result<HttpResponse> {
     const HERE: &str = "/profile";
-    let auth = session
-        .auth()
-        .filter(|a| !a.needs_login())
-        .ok_or(AppError::LoginRequired {
-            return_to: HERE.into(),
-        })?;
     let mut rejected = None;
     let info = loop {
         let tokens = state

@@ -4,16 +4,17 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::{AppError, Result};
+use crate::routes::identity::CurrentUser;
+use crate::routes::page::page_layout;
+use crate::routes::page::render_with_status;
+use crate::routes::require_csrf;
 use crate::routes::respond::NoStore;
 use crate::routes::respond::see_other;
-use crate::routes::page::page_layout;
-use crate::routes::require_csrf;
 use crate::session::TypedSession;
 use crate::shop::cart::{self, Cart, MAX_QUANTITY, PricedCart};
 use crate::shop::catalogue;
 use crate::shop::orders::{self, CheckoutError};
 use crate::state::State;
-use crate::routes::page::render_with_status;
 
 #[derive(Serialize)]
 struct CartPage {
@@ -139,17 +140,19 @@ pub struct CheckoutForm {
 pub async fn checkout(
     state: State,
     session: TypedSession,
+    user: Option<CurrentUser>,
     form: web::Form<CheckoutForm>,
 ) -> Result<HttpResponse> {
     require_csrf(&session, &form.csrf_token)?;
-    let auth = session.auth().ok_or(AppError::LoginRequired {
+    // Back to the cart after logging in, whatever page the form was on.
+    let user = user.ok_or(AppError::LoginRequired {
         return_to: "/cart".into(),
     })?;
     let key = Uuid::parse_str(&form.idempotency_key).map_err(|_| {
         AppError::BadRequest("The checkout form is damaged. Please reload your cart.".into())
     })?;
     let cart = session.cart();
-    match orders::place_order(&state.pool, auth.user_id, key, &cart).await {
+    match orders::place_order(&state.pool, user.user_id, key, &cart).await {
         Ok(placed) => {
             if placed.created {
                 session

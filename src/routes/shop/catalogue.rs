@@ -3,11 +3,11 @@ use serde::Serialize;
 
 use crate::error::{AppError, Result};
 use crate::routes::page::page_layout;
+use crate::routes::page::render;
 use crate::session::TypedSession;
 use crate::shop::cart::MAX_QUANTITY;
 use crate::shop::catalogue::{self, Product};
 use crate::state::State;
-use crate::routes::page::render;
 
 #[derive(Serialize)]
 struct ProductView {

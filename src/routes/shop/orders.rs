@@ -3,12 +3,13 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::{AppError, Result};
-use crate::routes::respond::NoStore;
+use crate::routes::identity::CurrentUser;
 use crate::routes::page::page_layout;
+use crate::routes::page::render;
+use crate::routes::respond::NoStore;
 use crate::session::TypedSession;
 use crate::shop::orders::{self, Order};
 use crate::state::State;
-use crate::routes::page::render;
 
 #[derive(Serialize)]
 struct OrdersPage {
@@ -17,11 +18,12 @@ struct OrdersPage {
 
 /// The shopper's own orders, newest first.
 #[tracing::instrument(name = "Orders page", skip_all)]
-pub async fn list_orders(state: State, session: TypedSession) -> Result<HttpResponse> {
-    let auth = session.auth().ok_or(AppError::LoginRequired {
-        return_to: "/orders".into(),
-    })?;
-    let orders = orders::for_user(&state.pool, auth.user_id, None).await?;
+pub async fn list_orders(
+    state: State,
+    session: TypedSession,
+    user: CurrentUser,
+) -> Result<HttpResponse> {
+    let orders = orders::for_user(&state.pool, user.user_id, None).await?;
     let layout = page_layout(&state, &session);
     Ok(render(
         &state.tera,
@@ -43,15 +45,12 @@ struct OrderPage {
 pub async fn show_order(
     state: State,
     session: TypedSession,
+    user: CurrentUser,
     order_id: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let here = format!("/orders/{order_id}");
-    let auth = session
-        .auth()
-        .ok_or(AppError::LoginRequired { return_to: here })?;
     let not_found = || AppError::NotFound("We could not find that order among yours.".into());
     let order_id = Uuid::parse_str(&order_id).map_err(|_| not_found())?;
-    let order = orders::for_user(&state.pool, auth.user_id, Some(order_id))
+    let order = orders::for_user(&state.pool, user.user_id, Some(order_id))
         .await?
         .pop()
         .ok_or_else(not_found)?;

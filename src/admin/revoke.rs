@@ -1,0 +1,118 @@
+//! An admin ends one session or every session of its user: the rows go, the audit row is
+//! written, in one transaction; the caller revokes the returned tokens at the provider.
+
+use serde::Deserialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::AuditAction;
+use crate::auth::tokens::{self, StoredTokens};
+use crate::crypto::TokenCipher;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeScope {
+    /// This session only.
+    #[default]
+    Session,
+    /// Every session of the session's user.
+    User,
+}
+
+/// The admin acting, as recorded in the audit trail.
+pub struct Actor<'a> {
+    pub user_id: Uuid,
+    pub subject: &'a str,
+    pub email: Option<&'a str>,
+    pub ip: Option<String>,
+}
+
+pub struct Revoked {
+    pub sessions_ended: i64,
+    /// The ended logins' tokens, to revoke at the provider.
+    pub logins: Vec<StoredTokens>,
+}
+
+/// The session being revoked and its user.
+#[derive(sqlx::FromRow)]
+struct Target {
+    token_id: Uuid,
+    user_id: Uuid,
+    subject: String,
+    email: Option<String>,
+}
+
+/// Ends one session or all of its user's sessions and writes the audit row, in one
+/// transaction. `None` if the session no longer exists.
+pub async fn revoke(
+    pool: &PgPool,
+    cipher: &TokenCipher,
+    actor: &Actor<'_>,
+    session_id: Uuid,
+    scope: RevokeScope,
+) -> Result<Option<Revoked>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The session row is locked, so a concurrent save cannot slip in between.
+    let target: Option<Target> = sqlx::query_as(
+        r#"
+        SELECT l.token_id, l.user_id, l.subject, l.email
+        FROM sessions s
+        JOIN logins l ON l.token_id = s.token_id
+        WHERE s.session_id = $1
+        FOR UPDATE OF s
+        "#,
+    )
+    .bind(session_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(target) = target else {
+        return Ok(None);
+    };
+    let (sessions_ended, logins) = match scope {
+        RevokeScope::Session => {
+            let ended = crate::session::end_sessions_of_logins(&mut tx, &[target.token_id]).await?;
+            (
+                ended,
+                tokens::delete_logins(&mut *tx, cipher, &[target.token_id]).await?,
+            )
+        }
+        RevokeScope::User => {
+            let ended = crate::session::end_sessions_of_user(&mut tx, target.user_id).await?;
+            (
+                ended,
+                tokens::delete_logins_of_user(&mut *tx, cipher, target.user_id).await?,
+            )
+        }
+    };
+    let action = match scope {
+        RevokeScope::Session => AuditAction::RevokeSession,
+        RevokeScope::User => AuditAction::RevokeUserSessions,
+    };
+    sqlx::query(
+        r#"
+        INSERT INTO admin_audit (audit_id, admin_user_id, admin_subject, admin_email, action,
+                                 target_user_id, target_subject, target_email,
+                                 target_session_id, sessions_ended, ip)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::inet)
+        "#,
+    )
+    .bind(Uuid::now_v7())
+    .bind(actor.user_id)
+    .bind(actor.subject)
+    .bind(actor.email)
+    .bind(action)
+    .bind(target.user_id)
+    .bind(&target.subject)
+    .bind(&target.email)
+    .bind(session_id)
+    .bind(sessions_ended as i32)
+    .bind(actor.ip.as_deref())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(admin = %actor.user_id, target_user = %target.user_id, %session_id, ?scope, sessions_ended, "Sessions revoked by an admin");
+    Ok(Some(Revoked {
+        sessions_ended,
+        logins,
+    }))
+}

@@ -1,0 +1,90 @@
+//! What refresh attempts came to, counted per process: totals since start (the Prometheus
+//! counter `token_refreshes_total`) and what has not yet been added to `activity_stats` (for
+//! the dashboard, across instances).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::IntCounterVec;
+use sqlx::PgPool;
+
+use crate::activity::{self, ActivityEvent};
+
+/// What one refresh attempt came to; each is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Network error, timeout, 5xx, 429 or a malformed answer: retried with backoff.
+    TransientFailure,
+    /// The provider refused the refresh token: the user must log in again.
+    InvalidGrant,
+    /// `invalid_grant`, but the row already held a newer refresh token (another instance won).
+    RaceRecovered,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::TransientFailure,
+        Outcome::InvalidGrant,
+        Outcome::RaceRecovered,
+    ];
+
+    /// The outcome's label on `token_refreshes_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::TransientFailure => "transient_failure",
+            Outcome::InvalidGrant => "invalid_grant",
+            Outcome::RaceRecovered => "race_recovered",
+        }
+    }
+
+    /// The outcome's event in `activity_stats`.
+    fn activity_event(self) -> ActivityEvent {
+        match self {
+            Outcome::Ok => ActivityEvent::RefreshOk,
+            Outcome::TransientFailure => ActivityEvent::RefreshTransientFailure,
+            Outcome::InvalidGrant => ActivityEvent::RefreshInvalidGrant,
+            Outcome::RaceRecovered => ActivityEvent::RefreshRaceRecovered,
+        }
+    }
+}
+
+pub struct RefreshStats {
+    total: IntCounterVec,
+    unflushed: [AtomicU64; 4],
+}
+
+impl RefreshStats {
+    pub(super) fn new(total: IntCounterVec) -> Self {
+        Self {
+            total,
+            unflushed: Default::default(),
+        }
+    }
+
+    pub(super) fn record(&self, outcome: Outcome) {
+        self.total.with_label_values(&[outcome.as_str()]).inc();
+        self.unflushed[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn total(&self, outcome: Outcome) -> u64 {
+        self.total.with_label_values(&[outcome.as_str()]).get()
+    }
+
+    /// Adds the unflushed counts to `activity_stats`.
+    pub async fn flush(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        for outcome in Outcome::ALL {
+            let n = self.unflushed[outcome as usize].swap(0, Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            if let Err(e) = activity::record(pool, outcome.activity_event(), n).await {
+                // Keep the counts for the next flush.
+                self.unflushed[outcome as usize].fetch_add(n, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}

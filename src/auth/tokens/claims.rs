@@ -1,0 +1,238 @@
+//! The refresher's statements. A token row is refreshed only under a *claim*: a lease
+//! (`refresh_claim`, `refresh_claimed_until`) taken in one statement; every write of a result
+//! is conditional on the claim still being the writer's.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{RefreshStatus, expiry, seal};
+use crate::auth::oidc::Refreshed;
+use crate::crypto::TokenCipher;
+
+/// Which tokens are due, as an SQL condition on `oauth_tokens`: refreshable, expiring within
+/// `$1` seconds, not backing off. The refresher claims these rows; [`super::counts`] counts
+/// the same ones.
+macro_rules! due_tokens {
+    () => {
+        "refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
+         AND access_expires_at < now() + make_interval(secs => $1)
+         AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+    };
+}
+pub(super) use due_tokens;
+
+/// What a claim returns: the columns of [`Claimed`] (`t` the token row, `u` its user).
+macro_rules! claimed_row {
+    () => {
+        "RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count"
+    };
+}
+
+/// Claims up to $2 tokens expiring within $1 seconds for claim id $3, for $4 seconds.
+/// SKIP LOCKED: instances scanning at the same moment take disjoint rows instead of queueing
+/// on each other; the lease written into the row then keeps them disjoint afterwards.
+pub const CLAIM_DUE_TOKENS: &str = concat!(
+    "
+    WITH due AS (
+        SELECT token_id FROM oauth_tokens
+        WHERE ",
+    due_tokens!(),
+    "
+          AND (refresh_claimed_until IS NULL OR refresh_claimed_until < now())
+        ORDER BY access_expires_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE oauth_tokens t
+    SET refresh_claim = $3,
+        refresh_claimed_until = now() + make_interval(secs => $4)
+    FROM due, users u
+    WHERE t.token_id = due.token_id AND u.user_id = t.user_id
+    ",
+    claimed_row!()
+);
+
+/// A token row claimed for refresh, with what the refresh needs.
+#[derive(sqlx::FromRow)]
+pub struct Claimed {
+    pub token_id: Uuid,
+    pub subject: String,
+    pub key_id: String,
+    /// Still sealed: decrypted only by the caller that uses it.
+    pub refresh_token: Vec<u8>,
+    pub failure_count: i32,
+}
+
+/// Claims up to `batch` due tokens (expiring within `lead_secs`) for `lease_secs`.
+pub(crate) async fn claim_due(
+    pool: &PgPool,
+    lead_secs: u64,
+    batch: i64,
+    claim: Uuid,
+    lease_secs: u64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(CLAIM_DUE_TOKENS)
+        .bind(lead_secs as f64)
+        .bind(batch)
+        .bind(claim)
+        .bind(lease_secs as f64)
+        .fetch_all(pool)
+        .await
+}
+
+/// Claims one login for a request that found its access token expiring, if no one holds a
+/// claim on it and it has not been refreshed since the request saw `seen_expiry`.
+pub(crate) async fn claim_expired(
+    pool: &PgPool,
+    token_id: Uuid,
+    claim: Uuid,
+    lease_secs: u64,
+    seen_expiry: DateTime<Utc>,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "
+        UPDATE oauth_tokens t
+        SET refresh_claim = $2,
+            refresh_claimed_until = now() + make_interval(secs => $3)
+        FROM users u
+        WHERE t.token_id = $1 AND u.user_id = t.user_id
+          AND t.access_expires_at = $4 AND t.refresh_token IS NOT NULL
+          AND t.refresh_status <> 'needs_login'
+          AND (t.refresh_claimed_until IS NULL OR t.refresh_claimed_until < now())
+        ",
+        claimed_row!()
+    ))
+    .bind(token_id)
+    .bind(claim)
+    .bind(lease_secs as f64)
+    .bind(seen_expiry)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Gives up `claim` on these rows, so any instance may refresh them at once.
+pub(crate) async fn release(
+    pool: &PgPool,
+    token_ids: &[Uuid],
+    claim: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        UPDATE oauth_tokens SET refresh_claim = NULL, refresh_claimed_until = NULL
+        WHERE token_id = ANY($1) AND refresh_claim = $2
+        "#,
+    )
+    .bind(token_ids)
+    .bind(claim)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A transient failure: `retrying`, one more failure, no attempt before `backoff` has passed,
+/// and the claim released.
+pub(crate) async fn record_failure(
+    pool: &PgPool,
+    token_id: Uuid,
+    claim: Uuid,
+    backoff: std::time::Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        UPDATE oauth_tokens
+        SET refresh_status = $4, failure_count = failure_count + 1,
+            next_attempt_at = now() + make_interval(secs => $3),
+            refresh_claim = NULL, refresh_claimed_until = NULL
+        WHERE token_id = $1 AND refresh_claim = $2
+        "#,
+    )
+    .bind(token_id)
+    .bind(claim)
+    .bind(backoff.as_secs_f64())
+    .bind(RefreshStatus::Retrying)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Stores refreshed tokens if `claim` still holds the row. An answer without a new refresh
+/// token keeps the old one; groups from a refreshed ID token update the user (so a removed
+/// admin loses access without logging out). Returns the new expiry, or `None` if the claim
+/// was lost.
+pub(crate) async fn save_refreshed(
+    pool: &PgPool,
+    cipher: &TokenCipher,
+    token_id: Uuid,
+    claim: Uuid,
+    refreshed: &Refreshed,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let sealed = seal(cipher, token_id, &refreshed.tokens);
+    let expires_at = expiry(&refreshed.tokens);
+    let groups = refreshed
+        .claims
+        .as_ref()
+        .and_then(|c| c.additional_claims().groups.clone());
+    let saved: i64 = sqlx::query_scalar(
+        r#"
+        WITH saved AS (
+            UPDATE oauth_tokens
+            SET key_id = $3, access_token = $4,
+                refresh_token = COALESCE($5, refresh_token),
+                id_token = COALESCE($6, id_token),
+                access_expires_at = $7, refresh_status = $9, failure_count = 0,
+                next_attempt_at = NULL, refresh_claim = NULL, refresh_claimed_until = NULL,
+                last_refreshed_at = now()
+            WHERE token_id = $1 AND refresh_claim = $2
+            RETURNING user_id
+        ), regrouped AS (
+            UPDATE users u SET groups = $8
+            FROM saved
+            WHERE u.user_id = saved.user_id AND $8::text[] IS NOT NULL
+              AND u.groups IS DISTINCT FROM $8::text[]
+        )
+        SELECT count(*) FROM saved
+        "#,
+    )
+    .bind(token_id)
+    .bind(claim)
+    .bind(cipher.current_key_id())
+    .bind(sealed.access)
+    .bind(sealed.refresh)
+    .bind(sealed.id)
+    .bind(expires_at)
+    .bind(groups)
+    .bind(RefreshStatus::Ok)
+    .fetch_one(pool)
+    .await?;
+    Ok((saved == 1).then_some(expires_at))
+}
+
+/// The provider refused `row`'s refresh token: marks the login `needs_login`, unless its
+/// refresh token is no longer the one refused (another instance refreshed it meanwhile).
+/// Returns whether it marked.
+pub(crate) async fn mark_refused(pool: &PgPool, row: &Claimed) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        r#"
+        UPDATE oauth_tokens
+        SET refresh_status = $3, refresh_claim = NULL, refresh_claimed_until = NULL
+        WHERE token_id = $1 AND refresh_token = $2
+        "#,
+    )
+    .bind(row.token_id)
+    .bind(&row.refresh_token)
+    .bind(RefreshStatus::NeedsLogin)
+    .execute(pool)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// A login whose access token has expired and that has no refresh token: only a new login helps.
+pub(crate) async fn mark_needs_login(pool: &PgPool, token_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = $2 WHERE token_id = $1")
+        .bind(token_id)
+        .bind(RefreshStatus::NeedsLogin)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! The token store: the one owner of `oauth_tokens`. Every statement on that table is in this
+//! module; the rest of the shop reads a login's health through the `logins` view (no
+//! encrypted columns) and asks this module to store, refresh, count or end logins.
+//!
+//! Tokens are sealed with AES-256-GCM, bound to their row and column, under the key named by
+//! the row's `key_id`.
+
+mod claims;
+mod counts;
+mod logins;
+
+pub use claims::{CLAIM_DUE_TOKENS, Claimed};
+pub use counts::{TokenCounts, counts};
+pub use logins::{
+    delete_logins, delete_logins_of_user, delete_orphans, delete_unused, end_provider_sessions,
+    insert_tokens, revoke_at_provider, store_login,
+};
+
+pub(crate) use claims::{
+    claim_due, claim_expired, mark_needs_login, mark_refused, record_failure, release,
+    save_refreshed,
+};
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use uuid::Uuid;
+
+use super::oidc::TokenSet;
+use crate::crypto::{CipherError, TokenCipher};
+use crate::db::text_enum;
+
+/// When the provider does not say how long an access token lives.
+const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(300);
+
+text_enum! {
+    /// Where a login's refresh stands (`oauth_tokens.refresh_status`).
+    pub enum RefreshStatus {
+        /// The last refresh (or the login) succeeded.
+        Ok = "ok",
+        /// The provider failed transiently; retried with backoff.
+        Retrying = "retrying",
+        /// The provider refused the refresh token: only a new login helps.
+        NeedsLogin = "needs_login",
+    }
+}
+
+/// Why tokens could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenStoreError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("cannot decrypt a stored token: {0}")]
+    Cipher(#[from] CipherError),
+}
+
+/// The decrypted tokens of one login.
+pub struct StoredTokens {
+    pub token_id: Uuid,
+    pub user_id: Uuid,
+    pub subject: String,
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub id_token: Option<SecretString>,
+    pub access_expires_at: DateTime<Utc>,
+    pub refresh_status: RefreshStatus,
+    /// While `refresh_status` is `retrying`: no refresh is attempted before this instant.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// What a ciphertext is bound to: its row and column.
+fn aad(token_id: Uuid, column: &str) -> Vec<u8> {
+    format!("{token_id}/{column}").into_bytes()
+}
+
+/// The tokens of a login or a refresh, encrypted and bound to their row and column.
+pub(crate) struct Sealed {
+    pub access: Vec<u8>,
+    pub refresh: Option<Vec<u8>>,
+    pub id: Option<Vec<u8>>,
+}
+
+pub(crate) fn seal(cipher: &TokenCipher, token_id: Uuid, tokens: &TokenSet) -> Sealed {
+    let encrypt =
+        |token: &SecretString, column: &str| cipher.encrypt(token, &aad(token_id, column));
+    Sealed {
+        access: encrypt(&tokens.access_token, "access"),
+        refresh: tokens.refresh_token.as_ref().map(|t| encrypt(t, "refresh")),
+        id: tokens.id_token.as_ref().map(|t| encrypt(t, "id")),
+    }
+}
+
+/// When an access token issued now expires.
+pub(crate) fn expiry(tokens: &TokenSet) -> DateTime<Utc> {
+    let ttl = tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TTL);
+    Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(5))
+}
+
+pub(crate) fn decrypt_refresh_token(
+    cipher: &TokenCipher,
+    token_id: Uuid,
+    key_id: &str,
+    data: &[u8],
+) -> Result<SecretString, CipherError> {
+    cipher.decrypt(key_id, data, &aad(token_id, "refresh"))
+}
+
+/// A row of `oauth_tokens` with its user's subject, still sealed.
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    token_id: Uuid,
+    user_id: Uuid,
+    subject: String,
+    key_id: String,
+    access_token: Vec<u8>,
+    refresh_token: Option<Vec<u8>>,
+    id_token: Option<Vec<u8>>,
+    access_expires_at: DateTime<Utc>,
+    refresh_status: RefreshStatus,
+    next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The columns of [`TokenRow`], for `SELECT` and `RETURNING` (`t` the token row, `u` its user).
+macro_rules! token_row {
+    () => {
+        "t.token_id, t.user_id, u.subject, t.key_id, t.access_token, t.refresh_token, \
+         t.id_token, t.access_expires_at, t.refresh_status, t.next_attempt_at"
+    };
+}
+use token_row;
+
+impl TokenRow {
+    fn open(self, cipher: &TokenCipher) -> Result<StoredTokens, CipherError> {
+        let open = |column: &str, data: &[u8]| {
+            cipher.decrypt(&self.key_id, data, &aad(self.token_id, column))
+        };
+        Ok(StoredTokens {
+            access_token: open("access", &self.access_token)?,
+            refresh_token: self
+                .refresh_token
+                .as_deref()
+                .map(|d| open("refresh", d))
+                .transpose()?,
+            id_token: self
+                .id_token
+                .as_deref()
+                .map(|d| open("id", d))
+                .transpose()?,
+            token_id: self.token_id,
+            user_id: self.user_id,
+            subject: self.subject,
+            access_expires_at: self.access_expires_at,
+            refresh_status: self.refresh_status,
+            next_attempt_at: self.next_attempt_at,
+        })
+    }
+}
+
+/// One login's tokens, decrypted; `None` when the login has ended.
+pub async fn load(
+    conn: impl sqlx::PgExecutor<'_>,
+    cipher: &TokenCipher,
+    token_id: Uuid,
+) -> Result<Option<StoredTokens>, TokenStoreError> {
+    let row: Option<TokenRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        token_row!(),
+        " FROM oauth_tokens t JOIN users u USING (user_id) WHERE t.token_id = $1"
+    ))
+    .bind(token_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.open(cipher)).transpose()?)
+}
