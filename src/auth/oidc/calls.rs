@@ -1,0 +1,242 @@
+//! The calls to the provider: the authorization request, the code exchange, refresh,
+//! userinfo, revocation (RFC 7009) and the end-session URL (RP-initiated logout).
+
+use openidconnect::core::{CoreAuthenticationFlow, CoreErrorResponseType};
+use openidconnect::{
+    AccessToken, AuthorizationCode, CsrfToken, LogoutRequest, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RefreshToken, RequestTokenError, StandardErrorResponse,
+    SubjectIdentifier, TokenResponse,
+};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use super::claims::{ShopIdToken, ShopTokenResponse, ShopUserInfo};
+use super::{Login, Oidc, OidcError, Refreshed, TokenSet, error_chain, form_encode};
+use crate::auth::identity::PendingLogin;
+
+impl Oidc {
+    /// Starts a login: the provider URL to send the browser to and what `/callback` needs.
+    pub async fn authorization_request(
+        &self,
+        return_to: String,
+    ) -> Result<(Url, PendingLogin), OidcError> {
+        let provider = self.provider().await?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let client = &provider.client;
+        let mut request = client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                || CsrfToken::new(crate::crypto::random_token(32)),
+                || Nonce::new(crate::crypto::random_token(32)),
+            )
+            .set_pkce_challenge(challenge);
+        for scope in &self.scopes {
+            request = request.add_scope(scope.clone());
+        }
+        let (url, state, nonce) = request.url();
+        let pending = PendingLogin {
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+            return_to,
+            created_at: chrono::Utc::now().timestamp(),
+        };
+        Ok((url, pending))
+    }
+
+    /// Exchanges the code (once) and validates the ID token fully.
+    pub async fn exchange_code(
+        &self,
+        code: String,
+        login: &PendingLogin,
+    ) -> Result<Login, OidcError> {
+        let provider = self.provider().await?;
+        let client = &provider.client;
+        let response = client
+            .exchange_code(AuthorizationCode::new(code))
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(login.pkce_verifier.clone()))
+            .request_async(&self.http)
+            .await
+            .map_err(map_token_error)?;
+        let id_token = response
+            .id_token()
+            .ok_or_else(|| OidcError::InvalidResponse("no ID token in the token response".into()))?
+            .clone();
+        let nonce = Nonce::new(login.nonce.clone());
+        let claims = self
+            .verify_id_token(&id_token, Some(&nonce), response.access_token())
+            .await?;
+        Ok(Login {
+            tokens: token_set(&response, Some(&id_token)),
+            claims,
+        })
+    }
+
+    /// Uses a refresh token; an ID token in the answer is validated and must name `subject`.
+    pub async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        subject: &str,
+    ) -> Result<Refreshed, OidcError> {
+        let provider = self.provider().await?;
+        let client = &provider.client;
+        let refresh = RefreshToken::new(refresh_token.expose_secret().to_owned());
+        let response = client
+            .exchange_refresh_token(&refresh)
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?
+            .request_async(&self.http)
+            .await
+            .map_err(map_token_error)?;
+        let claims = match response.id_token() {
+            Some(id_token) => {
+                let claims = self
+                    .verify_id_token(id_token, None, response.access_token())
+                    .await?;
+                if claims.subject().as_str() != subject {
+                    return Err(OidcError::InvalidToken(
+                        "the refreshed ID token names another subject".into(),
+                    ));
+                }
+                Some(claims)
+            }
+            None => None,
+        };
+        Ok(Refreshed {
+            tokens: token_set(&response, response.id_token()),
+            claims,
+        })
+    }
+
+    /// Calls userinfo; the `sub` must equal the logged-in subject.
+    pub async fn userinfo(
+        &self,
+        access_token: &SecretString,
+        subject: &str,
+    ) -> Result<ShopUserInfo, OidcError> {
+        let provider = self.provider().await?;
+        let client = &provider.client;
+        client
+            .user_info(
+                AccessToken::new(access_token.expose_secret().to_owned()),
+                Some(SubjectIdentifier::new(subject.to_owned())),
+            )
+            .map_err(|_| OidcError::Unavailable("the provider has no userinfo endpoint".into()))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                openidconnect::UserInfoError::Response(status, _, _)
+                    if status == openidconnect::http::StatusCode::UNAUTHORIZED =>
+                {
+                    OidcError::Refused {
+                        error: "invalid_token".into(),
+                        description: None,
+                    }
+                }
+                openidconnect::UserInfoError::Response(status, _, _)
+                    if status.is_server_error()
+                        || status == openidconnect::http::StatusCode::TOO_MANY_REQUESTS =>
+                {
+                    OidcError::Unavailable(format!("userinfo answered {status}"))
+                }
+                openidconnect::UserInfoError::Request(e) => OidcError::Unavailable(error_chain(&e)),
+                other => OidcError::InvalidResponse(error_chain(&other)),
+            })
+    }
+
+    /// RFC 7009: revokes a token at the provider, if it has a revocation endpoint.
+    ///
+    /// Sent directly rather than through `oauth2`, which refuses plain-http endpoints and so
+    /// could not talk to a local development provider.
+    pub async fn revoke(&self, token: &SecretString, hint: &str) -> Result<(), OidcError> {
+        let provider = self.provider().await?;
+        let Some(url) = provider
+            .metadata
+            .additional_metadata()
+            .additional_metadata
+            .revocation_endpoint
+            .clone()
+        else {
+            return Ok(());
+        };
+        let form = [("token", token.expose_secret()), ("token_type_hint", hint)];
+        let request = self.http.post(url.url().clone());
+        let request = if provider.client_secret_post {
+            request.form(&[
+                form[0],
+                form[1],
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.secret()),
+            ])
+        } else {
+            request
+                .basic_auth(
+                    form_encode(self.client_id.as_str()),
+                    Some(form_encode(self.client_secret.secret())),
+                )
+                .form(&form)
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| OidcError::Unavailable(error_chain(&e)))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(OidcError::InvalidResponse(format!(
+                "revocation answered {}",
+                response.status()
+            )))
+        }
+    }
+
+    /// Where to send the browser after logging out: the provider's `end_session_endpoint`
+    /// (RP-initiated logout) when it has one.
+    pub async fn end_session_url(
+        &self,
+        id_token: Option<&SecretString>,
+        state: &str,
+    ) -> Option<Url> {
+        let provider = self.provider().await.ok()?;
+        let endpoint = provider
+            .metadata
+            .additional_metadata()
+            .end_session_endpoint
+            .clone()?;
+        let mut request = LogoutRequest::from(endpoint)
+            .set_client_id(self.client_id.clone())
+            .set_post_logout_redirect_uri(self.post_logout_redirect_url.clone())
+            .set_state(CsrfToken::new(state.to_owned()));
+        if let Some(raw) = id_token
+            && let Ok(token) = raw.expose_secret().parse::<ShopIdToken>()
+        {
+            request = request.set_id_token_hint(&token);
+        }
+        Some(request.http_get_url())
+    }
+}
+
+fn token_set(response: &ShopTokenResponse, id_token: Option<&ShopIdToken>) -> TokenSet {
+    TokenSet {
+        access_token: SecretString::from(response.access_token().secret().to_owned()),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| SecretString::from(t.secret().to_owned())),
+        id_token: id_token.map(|t| SecretString::from(t.to_string())),
+        expires_in: response.expires_in(),
+    }
+}
+
+fn map_token_error<E: std::error::Error + 'static>(
+    err: RequestTokenError<E, StandardErrorResponse<CoreErrorResponseType>>,
+) -> OidcError {
+    match err {
+        RequestTokenError::ServerResponse(r) => OidcError::Refused {
+            error: r.error().as_ref().to_owned(),
+            description: r.error_description().cloned(),
+        },
+        RequestTokenError::Request(e) => OidcError::Unavailable(error_chain(&e)),
+        RequestTokenError::Parse(e, _) => OidcError::InvalidResponse(e.to_string()),
+        RequestTokenError::Other(e) => OidcError::InvalidResponse(e),
+    }
+}

@@ -1,0 +1,144 @@
+//! The shop's OpenID Connect client: discovery and keys (`provider`), the claim types
+//! (`claims`), token verification (`verify`) and the calls to the provider (`calls`): the
+//! authorization request, the code exchange, refresh, userinfo, revocation and end-session.
+//! All token checks are the `openidconnect` crate's; this module only chooses the policy
+//! (algorithms, clock skew, rate of JWKS refetches).
+
+mod calls;
+mod claims;
+mod provider;
+mod verify;
+
+pub use claims::{LogoutClaims, RevocationMetadata, ShopClaims, ShopIdTokenClaims, ShopUserInfo};
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use openidconnect::{ClientId, ClientSecret, IssuerUrl, PostLogoutRedirectUrl, RedirectUrl, Scope};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+
+use crate::configuration::Settings;
+use provider::Provider;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    /// Discovery has not succeeded yet, or the provider did not answer in time.
+    #[error("the identity provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider refused the grant (`invalid_grant` and friends).
+    #[error("the identity provider refused the request: {error}")]
+    Refused {
+        error: String,
+        description: Option<String>,
+    },
+    /// The provider answered, but not with something usable (bad JSON, bad token).
+    #[error("the identity provider's response was invalid: {0}")]
+    InvalidResponse(String),
+    #[error("{0}")]
+    InvalidToken(String),
+}
+
+impl OidcError {
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, OidcError::Refused { error, .. } if error == "invalid_grant")
+    }
+}
+
+/// The tokens of a token endpoint answer.
+pub struct TokenSet {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub id_token: Option<SecretString>,
+    pub expires_in: Option<Duration>,
+}
+
+/// A completed code exchange: the tokens and the claims of its verified ID token.
+pub struct Login {
+    pub tokens: TokenSet,
+    pub claims: ShopIdTokenClaims,
+}
+
+/// A completed refresh: the tokens, and the claims of the new ID token if the provider sent one.
+pub struct Refreshed {
+    pub tokens: TokenSet,
+    pub claims: Option<ShopIdTokenClaims>,
+}
+
+pub struct Oidc {
+    http: reqwest::Client,
+    issuer: IssuerUrl,
+    client_id: ClientId,
+    client_secret: ClientSecret,
+    redirect_url: RedirectUrl,
+    post_logout_redirect_url: PostLogoutRedirectUrl,
+    scopes: Vec<Scope>,
+    provider: RwLock<Option<Arc<Provider>>>,
+    /// Serializes discovery and JWKS refetches.
+    refresh_lock: Mutex<Option<Instant>>,
+}
+
+impl Oidc {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let timeout = Duration::from_secs(settings.oidc.http_timeout_secs);
+        let http = reqwest::Client::builder()
+            // Following redirects would open the client to SSRF.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .user_agent(concat!("storefront/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let issuer = settings
+            .oidc
+            .issuer_url
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            http,
+            issuer: IssuerUrl::new(issuer)?,
+            client_id: ClientId::new(settings.oidc.client_id.clone()),
+            client_secret: ClientSecret::new(
+                settings.oidc.client_secret.expose_secret().to_owned(),
+            ),
+            redirect_url: RedirectUrl::from_url(settings.redirect_url()),
+            post_logout_redirect_url: PostLogoutRedirectUrl::from_url(
+                settings.post_logout_redirect_url(),
+            ),
+            scopes: settings
+                .oidc
+                .scopes
+                .iter()
+                .filter(|s| *s != "openid")
+                .map(|s| Scope::new(s.clone()))
+                .collect(),
+            provider: RwLock::new(None),
+            refresh_lock: Mutex::new(None),
+        })
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The issuer the provider reported (RFC 9207 `iss` must equal it).
+    pub fn issuer(&self) -> &str {
+        self.issuer.as_str()
+    }
+}
+
+/// RFC 6749 2.3.1: client credentials are form-encoded before Basic authentication.
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
