@@ -3,22 +3,39 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use storefront::cli::{Cli, Command, MigrateAction};
-use storefront::configuration::{Settings, get_configuration};
+use storefront::configuration::{ConfigError, DatabaseSettings, LogFormat, Settings, Sources};
 use storefront::db::{self, migrations};
 use storefront::startup::Application;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A bad configuration is one clear line and a non-zero exit, never a backtrace.
-    let settings = match get_configuration() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("storefront: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    storefront::telemetry::init(&settings.server.log_format);
+    let sources = Sources::from_process();
+    // `serve` needs every setting; the database commands only `[database]`, so a DBA can run
+    // them with nothing but `DATABASE_URL`.
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match sources.settings() {
+            Ok(settings) => execute(settings.server.log_format, serve(settings)),
+            Err(e) => configuration_error(e),
+        },
+        command => match sources.database_only() {
+            Ok(only) => execute(
+                only.server.log_format,
+                database_command(command, only.database),
+            ),
+            Err(e) => configuration_error(e),
+        },
+    }
+}
+
+/// A bad configuration is one clear line and a non-zero exit, never a backtrace.
+fn configuration_error(e: ConfigError) -> ExitCode {
+    eprintln!("storefront: {e}");
+    ExitCode::from(2)
+}
+
+fn execute(log_format: LogFormat, job: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    storefront::telemetry::init(log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -26,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, settings)) {
+    match runtime.block_on(job) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("storefront: {e:#}");
@@ -35,14 +52,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
-    let pool = db::lazy_pool(&settings.database).context("database.url")?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(settings, pool).await,
+async fn database_command(command: Command, database: DatabaseSettings) -> anyhow::Result<()> {
+    let pool = db::lazy_pool(&database).context("database.url")?;
+    match command {
+        Command::Serve => unreachable!("main runs serve with every setting"),
         Command::Migrate { action: None } => {
             let applied = migrations::apply(&pool).await?;
             println!("applied {applied} migration(s); the schema is up to date");
-            Ok(())
         }
         Command::Migrate {
             action: Some(MigrateAction::Status),
@@ -55,27 +71,24 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                     m.description
                 );
             }
-            Ok(())
         }
         Command::Migrate {
             action: Some(MigrateAction::Revert),
-        } => {
-            match migrations::revert_last(&pool).await? {
-                Some(m) => println!("reverted {} {}", m.version, m.description),
-                None => println!("nothing to revert"),
-            }
-            Ok(())
-        }
+        } => match migrations::revert_last(&pool).await? {
+            Some(m) => println!("reverted {} {}", m.version, m.description),
+            None => println!("nothing to revert"),
+        },
         Command::DemoData => {
             migrations::check_ready(&migrations::status(&pool).await?)?;
             let n = storefront::shop::demo::load(&pool).await?;
             println!("demo catalogue loaded: {n} products");
-            Ok(())
         }
     }
+    Ok(())
 }
 
-async fn serve(settings: Settings, pool: sqlx::PgPool) -> anyhow::Result<()> {
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let pool = db::lazy_pool(&settings.database).context("database.url")?;
     let status = migrations::status(&pool)
         .await
         .context("checking the database schema")?;

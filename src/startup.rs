@@ -60,7 +60,7 @@ impl Application {
         if let Err(e) = oidc.discover().await {
             tracing::warn!(error = %e, "OpenID provider unreachable at start-up; public pages only until it answers");
         }
-        let cipher = Arc::new(TokenCipher::new(settings.tokens.keys()?));
+        let cipher = Arc::new(TokenCipher::new(settings.tokens.keys()));
         let metrics = Arc::new(Metrics::new());
         let refresher = Arc::new(Refresher::new(
             pool.clone(),
@@ -70,7 +70,7 @@ impl Application {
             Duration::from_secs(settings.oidc.http_timeout_secs),
             metrics.refreshes.clone(),
         ));
-        let proxies = TrustedProxies::new(settings.server.trusted_proxies()?);
+        let proxies = TrustedProxies::new(settings.server.trusted_proxies.clone());
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool,
@@ -131,7 +131,7 @@ impl Application {
 
 fn session_middleware(settings: &Settings, pool: PgPool) -> SessionMiddleware<PgSessionStore> {
     let s = &settings.session;
-    let key = Key::from(&s.cookie_key().expect("validated at load"));
+    let key = Key::from(s.secret_key.bytes());
     let store = PgSessionStore::new(
         pool,
         SessionTimeouts {

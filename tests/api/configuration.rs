@@ -1,6 +1,9 @@
 use std::process::Command;
 
-use storefront::configuration::get_configuration_with;
+use std::collections::HashMap;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use storefront::configuration::{Sources, get_configuration_with};
 
 use crate::helpers::{config_dir, random_b64};
 
@@ -59,8 +62,7 @@ fn a_missing_secret_is_an_error_naming_it() {
 #[test]
 fn the_binary_reports_bad_configuration_in_one_line_without_panicking() {
     let output = Command::new(env!("CARGO_BIN_EXE_storefront"))
-        .arg("migrate")
-        .arg("status")
+        .arg("serve")
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("STOREFRONT_CONFIG_DIR", config_dir())
@@ -82,7 +84,9 @@ fn the_binary_reports_bad_configuration_in_one_line_without_panicking() {
 #[test]
 fn list_keys_accept_comma_separated_environment_values() {
     let output = Command::new(env!("CARGO_BIN_EXE_storefront"))
-        .args(["migrate", "status"])
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("STOREFRONT_CONFIG_DIR", config_dir())
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1/x")
         .env("STOREFRONT__OIDC__ISSUER_URL", "http://127.0.0.1:4000")
@@ -98,5 +102,102 @@ fn list_keys_accept_comma_separated_environment_values() {
     assert!(
         stderr.contains("oidc.scopes") && stderr.contains("openid"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn environment_variables_come_from_the_sources_given_not_the_process() {
+    let vars: HashMap<String, String> = [
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1/from-vars"),
+        ("STOREFRONT__OIDC__ISSUER_URL", "http://127.0.0.1:4000"),
+        ("STOREFRONT__OIDC__CLIENT_ID", "storefront"),
+        ("STOREFRONT__OIDC__CLIENT_SECRET", "s"),
+        ("STOREFRONT__OIDC__SCOPES", "openid,email,groups"),
+        ("STOREFRONT__ADMIN__GROUPS", "admins,ops"),
+        (
+            "STOREFRONT__SERVER__TRUSTED_PROXIES",
+            "10.0.0.0/8,192.0.2.1",
+        ),
+        ("STOREFRONT__REFRESH__LEAD_SECS", "120"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .chain([
+        ("STOREFRONT__SESSION__SECRET_KEY".to_owned(), random_b64(64)),
+        (
+            "STOREFRONT__TOKENS__ENCRYPTION_KEY".to_owned(),
+            random_b64(32),
+        ),
+    ])
+    .collect();
+    let settings = Sources {
+        dir: Some(&config_dir()),
+        vars,
+        ..Sources::default()
+    }
+    .settings()
+    .unwrap();
+    assert_eq!(settings.oidc.scopes, ["openid", "email", "groups"]);
+    assert_eq!(settings.admin.groups, ["admins", "ops"]);
+    assert_eq!(settings.refresh.lead_secs, 120);
+    assert_eq!(
+        settings.server.trusted_proxies,
+        [
+            "10.0.0.0/8".parse().unwrap(),
+            "192.0.2.1/32".parse().unwrap()
+        ]
+    );
+    use secrecy::ExposeSecret;
+    assert!(
+        settings
+            .database
+            .url
+            .expose_secret()
+            .ends_with("/from-vars")
+    );
+    // The defaults are the built-in `default.toml`'s.
+    assert_eq!(settings.refresh.lease_secs, 60);
+    assert_eq!(settings.rate_limit.per_minute, 30);
+}
+
+#[sqlx::test]
+async fn the_database_commands_need_only_the_database_url(
+    _opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let base = crate::helpers::base_database_url();
+    let (server, options) = base.split_once('?').unwrap_or((base.as_str(), ""));
+    let server = server.rsplit_once('/').map_or(server, |(s, _)| s);
+    let name = db.get_database().unwrap();
+    let url = if options.is_empty() {
+        format!("{server}/{name}")
+    } else {
+        format!("{server}/{name}?{options}")
+    };
+    let output = Command::new(env!("CARGO_BIN_EXE_storefront"))
+        .args(["migrate", "status"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("STOREFRONT_CONFIG_DIR", "/nonexistent")
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".up.sql")
+        })
+        .count();
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains("Applied")).count(),
+        migrations,
+        "{stdout}"
     );
 }

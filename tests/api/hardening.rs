@@ -180,7 +180,7 @@ async fn behind_a_trusted_proxy_each_client_has_its_own_limit_and_address(
     db: PgConnectOptions,
 ) {
     let app = spawn_app_with(opts, db, |s| {
-        s.server.trusted_proxies = vec!["127.0.0.1".into()];
+        s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         s.rate_limit.per_minute = 6;
         s.rate_limit.burst = 3;
     })

@@ -92,7 +92,7 @@ pub async fn spawn_app_with_idp(
     customize: impl FnOnce(&mut Settings),
 ) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
-        storefront::telemetry::init("pretty");
+        storefront::telemetry::init(storefront::configuration::LogFormat::Pretty);
     }
     let mut settings = test_settings(&idp.issuer, CLIENT_ID, CLIENT_SECRET);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,0 +1,162 @@
+//! The configuration's sections, one struct each. Every default is in `config/default.toml`
+//! (embedded in the binary), never here: a field without `Option` must come from a source.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use super::values::{AesKey, CookieKey, LogFormat, PreviousKey, deserialize_networks};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub public_url: Url,
+    /// `json` for production log shipping, `pretty` for humans.
+    pub log_format: LogFormat,
+    pub static_dir: PathBuf,
+    pub templates_dir: PathBuf,
+    /// Reverse proxies (IPs or CIDR ranges) whose `X-Forwarded-For` is believed. Requests
+    /// from anywhere else are taken to come from their peer address.
+    #[serde(deserialize_with = "deserialize_networks")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Seconds a client has to send a request's headers; slow clients get 408.
+    pub request_timeout_secs: u64,
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
+    pub shutdown_timeout_secs: u64,
+    /// Benchmarks only: serve `GET /_bench/baseline`, a bare handler doing one primary-key
+    /// select, to compare the shop's pages with.
+    pub baseline_route: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before answering 503.
+    pub acquire_timeout_ms: u64,
+    /// `serve` applies pending migrations itself instead of refusing to start.
+    pub migrate_on_start: bool,
+}
+
+impl DatabaseSettings {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OidcSettings {
+    pub issuer_url: Url,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// Defaults to `{server.public_url}/callback`.
+    pub redirect_url: Option<Url>,
+    /// Defaults to `{server.public_url}/`.
+    pub post_logout_redirect_url: Option<Url>,
+    pub scopes: Vec<String>,
+    /// Connect and request timeout for every call to the provider.
+    pub http_timeout_secs: u64,
+    /// How often discovery is retried while the provider is unreachable.
+    pub discovery_retry_secs: u64,
+}
+
+impl OidcSettings {
+    pub fn http_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionSettings {
+    /// Base64, at least 64 bytes once decoded: signs the session cookie.
+    pub secret_key: CookieKey,
+    pub cookie_name: String,
+    pub idle_timeout_secs: u64,
+    pub absolute_timeout_secs: u64,
+    /// A session's idle expiry is pushed forward at most this often (writes are throttled).
+    pub touch_interval_secs: u64,
+    pub cleanup_interval_secs: u64,
+    pub cleanup_batch_size: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenSettings {
+    /// Base64 of 32 bytes: the AES-256-GCM key that encrypts tokens at rest.
+    pub encryption_key: AesKey,
+    /// Stored next to every ciphertext so keys can be rotated.
+    pub key_id: String,
+    /// Older keys still accepted for decryption, as `id:base64` entries.
+    pub previous_keys: Vec<PreviousKey>,
+}
+
+/// One AES-256 key with the id stored next to what it encrypted.
+pub struct TokenKey {
+    pub id: String,
+    pub key: [u8; 32],
+}
+
+impl TokenSettings {
+    /// The current key first, then the previous ones.
+    pub fn keys(&self) -> Vec<TokenKey> {
+        let current = TokenKey {
+            id: self.key_id.clone(),
+            key: *self.encryption_key.bytes(),
+        };
+        std::iter::once(current)
+            .chain(self.previous_keys.iter().map(|p| TokenKey {
+                id: p.id.clone(),
+                key: *p.key.bytes(),
+            }))
+            .collect()
+    }
+}
+
+/// The background token refresher and the cap on refresh traffic to the provider.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RefreshSettings {
+    /// Tokens expiring within this many seconds are refreshed ahead of time.
+    pub lead_secs: u64,
+    /// Seconds between the refresher's scans for due tokens.
+    pub interval_secs: u64,
+    pub enabled: bool,
+    /// Due tokens claimed per scan; a full batch is followed at once by the next.
+    pub batch_size: i64,
+    /// Refresh calls in flight at once, per instance (background and inline together).
+    pub max_concurrency: usize,
+    /// Refresh calls started per second, per instance.
+    pub max_per_sec: u32,
+    /// How long a claim on a token lasts; a crashed instance's claims lapse after this.
+    pub lease_secs: u64,
+    /// Backoff after a transient failure: base * 2^failures, capped, with jitter.
+    pub backoff_base_secs: u64,
+    pub backoff_max_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    pub groups: Vec<String>,
+    pub subjects: Vec<String>,
+    pub emails: Vec<String>,
+}
+
+/// Per-client-IP limits on `/login`, `/callback`, `/backchannel-logout` and admin POSTs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// Sustained requests per minute per client IP and route group.
+    pub per_minute: u32,
+    /// Requests allowed at once before the per-minute rate applies.
+    pub burst: u32,
+}
+
+/// `GET /metrics`: open by default (bind it to an internal network), or behind a bearer token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// When set, scrapes must send `Authorization: Bearer <token>`.
+    pub token: Option<SecretString>,
+}
