@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::catalogue::Product;
-use super::format_price;
+use super::{Currency, Money};
 
 /// The session key the cart is stored under.
 pub const CART_KEY: &str = "cart";
@@ -123,8 +123,8 @@ impl Cart {
 pub struct PricedLine {
     pub product: Product,
     pub quantity: u32,
-    pub price: String,
-    pub line_total: String,
+    pub price: Money,
+    pub line_total: Money,
     pub in_stock: bool,
 }
 
@@ -132,34 +132,33 @@ pub struct PricedLine {
 pub struct PricedCart {
     pub lines: Vec<PricedLine>,
     pub count: u32,
-    pub total: String,
+    pub total: Money,
 }
 
 /// Prices the cart with the catalogue's current prices, in the cart's order.
 pub fn price(cart: &Cart, products: &[Product]) -> PricedCart {
-    let mut total: i64 = 0;
-    let mut currency = "EUR".to_owned();
-    let lines = cart
+    let lines: Vec<PricedLine> = cart
         .lines()
         .iter()
         .filter_map(|line| {
             let product = products.iter().find(|p| p.product_id == line.product_id)?;
-            let line_cents = i64::from(product.price_cents) * i64::from(line.quantity);
-            total += line_cents;
-            currency.clone_from(&product.currency);
             Some(PricedLine {
-                price: product.price(),
-                line_total: format_price(line_cents, &product.currency),
+                price: product.price,
+                line_total: product.price.times(line.quantity),
                 in_stock: i64::from(product.stock) >= i64::from(line.quantity),
                 quantity: line.quantity,
                 product: product.clone(),
             })
         })
         .collect();
+    let currency = lines.last().map_or(Currency::EUR, |l| l.price.currency);
+    let total = lines
+        .iter()
+        .fold(Money::zero(currency), |total, l| total + l.line_total);
     PricedCart {
         lines,
         count: cart.count(),
-        total: format_price(total, &currency),
+        total,
     }
 }
 
@@ -173,8 +172,7 @@ mod tests {
             slug: format!("p{id}"),
             name: format!("Product {id}"),
             description: String::new(),
-            price_cents: 250,
-            currency: "EUR".into(),
+            price: Money::new(250, Currency::EUR),
             image_path: None,
             image_alt: String::new(),
             stock,
@@ -221,11 +219,11 @@ mod tests {
     fn totals_use_catalogue_prices() {
         let mut cart = Cart::default();
         let (a, mut b) = (product(1, 10), product(2, 10));
-        b.price_cents = 1999;
+        b.price = Money::new(1999, Currency::EUR);
         cart.add(&a, 2).unwrap();
         cart.add(&b, 1).unwrap();
         let priced = price(&cart, &[b.clone(), a.clone()]);
-        assert_eq!(priced.total, "€24.99");
+        assert_eq!(priced.total.to_string(), "€24.99");
         assert_eq!(priced.lines[0].product.product_id, 1, "cart order kept");
         assert_eq!(priced.count, 3);
         // A product that left the catalogue drops out.

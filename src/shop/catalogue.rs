@@ -3,24 +3,46 @@
 use serde::Serialize;
 use sqlx::PgExecutor;
 
-use super::format_price;
+use super::Money;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Product {
     pub product_id: i64,
     pub slug: String,
     pub name: String,
     pub description: String,
-    pub price_cents: i32,
-    pub currency: String,
+    pub price: Money,
     pub image_path: Option<String>,
     pub image_alt: String,
     pub stock: i32,
 }
 
-impl Product {
-    pub fn price(&self) -> String {
-        format_price(self.price_cents.into(), &self.currency)
+/// A `products` row as stored.
+#[derive(sqlx::FromRow)]
+struct ProductRow {
+    product_id: i64,
+    slug: String,
+    name: String,
+    description: String,
+    price_cents: i32,
+    currency: String,
+    image_path: Option<String>,
+    image_alt: String,
+    stock: i32,
+}
+
+impl From<ProductRow> for Product {
+    fn from(row: ProductRow) -> Self {
+        Self {
+            price: Money::from_columns(row.price_cents, &row.currency),
+            product_id: row.product_id,
+            slug: row.slug,
+            name: row.name,
+            description: row.description,
+            image_path: row.image_path,
+            image_alt: row.image_alt,
+            stock: row.stock,
+        }
     }
 }
 
@@ -29,40 +51,44 @@ const COLUMNS: &str =
 
 /// Every product on sale, in catalogue order.
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Product>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE active ORDER BY name"
     ))
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(Product::from).collect())
 }
 
 pub async fn by_slug(db: impl PgExecutor<'_>, slug: &str) -> Result<Option<Product>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let row: Option<ProductRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE slug = $1 AND active"
     ))
     .bind(slug)
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(row.map(Product::from))
 }
 
 pub async fn by_id(
     db: impl PgExecutor<'_>,
     product_id: i64,
 ) -> Result<Option<Product>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let row: Option<ProductRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE product_id = $1 AND active"
     ))
     .bind(product_id)
     .fetch_optional(db)
-    .await
+    .await?;
+    Ok(row.map(Product::from))
 }
 
 /// The products on sale among `ids`, in no particular order.
 pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<Product>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE product_id = ANY($1) AND active"
     ))
     .bind(ids)
     .fetch_all(db)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(Product::from).collect())
 }

@@ -7,8 +7,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::Money;
 use super::cart::Cart;
-use super::format_price;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -25,6 +25,23 @@ pub enum CheckoutError {
 pub struct Placed {
     pub order_id: Uuid,
     pub created: bool,
+}
+
+/// A cart line whose stock was taken, at the catalogue's price of that moment.
+#[derive(sqlx::FromRow)]
+struct TakenLine {
+    product_id: i64,
+    name: String,
+    price_cents: i32,
+    quantity: i32,
+    currency: String,
+}
+
+/// A product there is not enough of, with what is left.
+#[derive(sqlx::FromRow)]
+struct ShortLine {
+    name: String,
+    left_in_stock: i32,
 }
 
 /// Places the cart as an order for `user_id`. A second call with the same key returns the
@@ -73,7 +90,7 @@ pub async fn place_order(
         .collect();
     // Takes the stock of every line that has enough, at the catalogue's current price; rows
     // are locked in product order so concurrent checkouts cannot deadlock.
-    let taken: Vec<(i64, String, i32, i32, String)> = sqlx::query_as(
+    let taken: Vec<TakenLine> = sqlx::query_as(
         r#"
         WITH wanted AS (
             SELECT * FROM unnest($1::bigint[], $2::int[]) AS w(product_id, quantity)
@@ -96,9 +113,9 @@ pub async fn place_order(
     .await?;
     if taken.len() != ids.len() {
         tx.rollback().await?;
-        let short: Vec<(String, i32)> = sqlx::query_as(
+        let short: Vec<ShortLine> = sqlx::query_as(
             r#"
-            SELECT p.name, CASE WHEN p.active THEN p.stock ELSE 0 END
+            SELECT p.name, CASE WHEN p.active THEN p.stock ELSE 0 END AS left_in_stock
             FROM unnest($1::bigint[], $2::int[]) AS w(product_id, quantity)
             JOIN products p USING (product_id)
             WHERE NOT p.active OR p.stock < w.quantity
@@ -112,14 +129,14 @@ pub async fn place_order(
         return Err(CheckoutError::OutOfStock(
             short
                 .into_iter()
-                .map(|(name, left)| format!("{name} ({left} left)"))
+                .map(|s| format!("{} ({} left)", s.name, s.left_in_stock))
                 .collect(),
         ));
     }
-    let currency = taken[0].4.clone();
+    let currency = taken[0].currency.clone();
     let total: i64 = taken
         .iter()
-        .map(|(_, _, price, quantity, _)| i64::from(*price) * i64::from(*quantity))
+        .map(|t| i64::from(t.price_cents) * i64::from(t.quantity))
         .sum();
     sqlx::query(
         r#"
@@ -128,10 +145,10 @@ pub async fn place_order(
         "#,
     )
     .bind(order_id)
-    .bind(taken.iter().map(|t| t.0).collect::<Vec<_>>())
-    .bind(taken.iter().map(|t| t.1.clone()).collect::<Vec<_>>())
-    .bind(taken.iter().map(|t| t.2).collect::<Vec<_>>())
-    .bind(taken.iter().map(|t| t.3).collect::<Vec<_>>())
+    .bind(taken.iter().map(|t| t.product_id).collect::<Vec<_>>())
+    .bind(taken.iter().map(|t| t.name.clone()).collect::<Vec<_>>())
+    .bind(taken.iter().map(|t| t.price_cents).collect::<Vec<_>>())
+    .bind(taken.iter().map(|t| t.quantity).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
     sqlx::query("UPDATE orders SET total_cents = $2, currency = $3 WHERE order_id = $1")
@@ -152,8 +169,8 @@ pub async fn place_order(
 pub struct OrderItem {
     pub name: String,
     pub quantity: i32,
-    pub unit_price: String,
-    pub line_total: String,
+    pub unit_price: Money,
+    pub line_total: Money,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,7 +180,7 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
     /// `created_at` as shoppers read it.
     pub placed_on: String,
-    pub total: String,
+    pub total: Money,
     pub items: Vec<OrderItem>,
 }
 
@@ -201,12 +218,10 @@ pub async fn for_user(
     .await?;
     let mut orders: Vec<Order> = Vec::new();
     for row in rows {
+        let unit_price = Money::from_columns(row.unit_price_cents, &row.currency);
         let item = OrderItem {
-            unit_price: format_price(row.unit_price_cents.into(), &row.currency),
-            line_total: format_price(
-                i64::from(row.unit_price_cents) * i64::from(row.quantity),
-                &row.currency,
-            ),
+            unit_price,
+            line_total: unit_price.times(row.quantity.max(0) as u32),
             name: row.name,
             quantity: row.quantity,
         };
@@ -217,7 +232,7 @@ pub async fn for_user(
                 status: row.status,
                 created_at: row.created_at,
                 placed_on: row.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
-                total: format_price(row.total_cents, &row.currency),
+                total: Money::from_columns(row.total_cents, &row.currency),
                 items: vec![item],
             }),
         }

@@ -10,24 +10,8 @@ use crate::shop::catalogue::{self, Product};
 use crate::state::State;
 
 #[derive(Serialize)]
-struct ProductView {
-    #[serde(flatten)]
-    product: Product,
-    price: String,
-}
-
-impl From<Product> for ProductView {
-    fn from(product: Product) -> Self {
-        Self {
-            price: product.price(),
-            product,
-        }
-    }
-}
-
-#[derive(Serialize)]
 struct HomePage {
-    products: Vec<ProductView>,
+    products: Vec<Product>,
     max_quantity: u32,
 }
 
@@ -38,7 +22,7 @@ pub async fn home(state: State, session: TypedSession) -> Result<HttpResponse> {
     session.csrf_token();
     let layout = page_layout(&state, &session);
     let page = HomePage {
-        products: products.into_iter().map(ProductView::from).collect(),
+        products,
         max_quantity: MAX_QUANTITY,
     };
     Ok(render(&state.tera, "shop/home.html", &layout, page)?)
@@ -46,7 +30,7 @@ pub async fn home(state: State, session: TypedSession) -> Result<HttpResponse> {
 
 #[derive(Serialize)]
 struct ProductPage {
-    product: ProductView,
+    product: Product,
     max_quantity: u32,
 }
 
@@ -65,7 +49,7 @@ pub async fn product_page(
     let layout = page_layout(&state, &session);
     let page = ProductPage {
         max_quantity: MAX_QUANTITY.min(product.stock.max(0) as u32).max(1),
-        product: product.into(),
+        product,
     };
     Ok(render(&state.tera, "shop/product.html", &layout, page)?)
 }
