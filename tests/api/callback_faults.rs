@@ -125,9 +125,10 @@ async fn an_unknown_kid_does_not_make_us_hammer_the_jwks(
         let response = callback_with(&app, |_| {}, Signing::Key(1)).await;
         assert_eq!(response.status().as_u16(), 403);
     }
-    assert!(
-        app.idp.jwks_calls.load(Ordering::SeqCst) <= fetched + 1,
-        "rate-limited refetch"
+    assert_eq!(
+        app.idp.jwks_calls.load(Ordering::SeqCst),
+        fetched + 1,
+        "the first unknown kid refetches once; the next ones within the interval do not"
     );
 }
 
@@ -139,10 +140,10 @@ async fn token_endpoint_failures_give_error_pages_quickly(
     let app = spawn_app(opts, db).await;
     app.idp.set_token_endpoint(TokenEndpoint::Status(500));
     let response = callback_with(&app, |_| {}, Signing::Key(0)).await;
-    assert!(
-        matches!(response.status().as_u16(), 502 | 503),
-        "{}",
-        response.status()
+    assert_eq!(
+        response.status().as_u16(),
+        502,
+        "an error answer that is not OAuth JSON is unusable"
     );
     assert_eq!(app.logged_in_sessions().await, 0);
 
@@ -274,7 +275,7 @@ async fn return_to_only_accepts_same_site_paths(opts: PgPoolOptions, db: PgConne
         let (state, nonce) = app.start_login(attack).await;
         let code = app.idp.code_for("alice", &nonce);
         let response = app.callback(&[("code", &code), ("state", &state)]).await;
-        crate::helpers::assert_redirect_to(&response, expected);
+        crate::helpers::assert_found(&response, expected);
     }
 }
 

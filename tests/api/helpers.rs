@@ -264,10 +264,23 @@ pub fn location(response: &reqwest::Response) -> &str {
         .unwrap()
 }
 
+/// 303 See Other to `expected`: where forms, logout and "please log in" send the browser.
 pub fn assert_redirect_to(response: &reqwest::Response, expected: &str) {
-    assert!(
-        response.status().is_redirection(),
-        "expected a redirect, got {}",
+    assert_eq!(
+        response.status().as_u16(),
+        303,
+        "expected 303 to {expected}, got {}",
+        response.status()
+    );
+    assert_eq!(location(response), expected);
+}
+
+/// 302 Found to `expected`: the redirects of the login flow (`/login`, `/callback`).
+pub fn assert_found(response: &reqwest::Response, expected: &str) {
+    assert_eq!(
+        response.status().as_u16(),
+        302,
+        "expected 302 to {expected}, got {}",
         response.status()
     );
     assert_eq!(location(response), expected);

@@ -2,7 +2,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::sync::atomic::Ordering;
 
 use crate::fake_idp::Signing;
-use crate::helpers::{assert_redirect_to, location, spawn_app, state_and_nonce};
+use crate::helpers::{assert_found, assert_redirect_to, location, spawn_app, state_and_nonce};
 
 #[sqlx::test]
 async fn login_redirects_to_the_provider_with_state_nonce_and_pkce(
@@ -38,7 +38,7 @@ async fn a_full_login_stores_encrypted_tokens_and_returns_to_the_page(
 ) {
     let app = spawn_app(opts, db).await;
     let response = app.login_as("alice").await;
-    assert_redirect_to(&response, "/profile");
+    assert_found(&response, "/profile");
     assert_eq!(app.logged_in_sessions().await, 1);
 
     let (sub, groups): (String, Vec<String>) = sqlx::query_as("SELECT subject, groups FROM users")
@@ -69,14 +69,14 @@ async fn several_tabs_can_log_in_at_once(opts: PgPoolOptions, db: PgConnectOptio
     let (state_a, nonce_a) = app.start_login("/a").await;
     let (state_b, nonce_b) = app.start_login("/b").await;
     let code_b = app.idp.code_for("bob", &nonce_b);
-    assert_redirect_to(
+    assert_found(
         &app.callback(&[("code", &code_b), ("state", &state_b)])
             .await,
         "/b",
     );
     // The first tab's login is still pending, and still completes.
     let code_a = app.idp.code_for("bob", &nonce_a);
-    assert_redirect_to(
+    assert_found(
         &app.callback(&[("code", &code_a), ("state", &state_a)])
             .await,
         "/a",
@@ -301,7 +301,7 @@ async fn a_provider_that_only_takes_client_secret_post_gets_it(
     let idp = crate::fake_idp::FakeIdp::start().await;
     idp.set_secret_post_only();
     let app = crate::helpers::spawn_app_with_idp(opts, db, idp, |_| {}).await;
-    assert_redirect_to(&app.login_as("alice").await, "/profile");
+    assert_found(&app.login_as("alice").await, "/profile");
     assert_eq!(app.logged_in_sessions().await, 1);
 }
 
