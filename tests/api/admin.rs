@@ -4,14 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use storefront::auth::oidc::TokenSet;
-use storefront::auth::tokens;
 use uuid::Uuid;
 
+use crate::helpers::TestLogin;
 use crate::helpers::{TestApp, assert_redirect_to, browser_client, spawn_app, spawn_app_with};
 
 fn as_admin(claims: &mut Value) {
@@ -138,32 +136,6 @@ async fn seed_sessions(app: &TestApp, n: usize) {
     let mut tx = app.pool.begin().await.unwrap();
     for i in 0..n {
         let sub = format!("shopper{i:03}");
-        let user_id: Uuid = sqlx::query_scalar(
-            "INSERT INTO users (user_id, issuer, subject, email, name) VALUES ($1, $2, $3, $4, $5) RETURNING user_id",
-        )
-        .bind(Uuid::now_v7())
-        .bind(&app.idp.issuer)
-        .bind(&sub)
-        .bind(format!("{sub}@shop.example"))
-        .bind(format!("Shopper {i}"))
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-        let login = TokenSet {
-            access_token: SecretString::from(format!("at-{i}")),
-            refresh_token: Some(SecretString::from(format!("rt-{i}"))),
-            id_token: None,
-            expires_in: Some(Duration::from_secs(3600)),
-        };
-        let token_id = tokens::insert_tokens(
-            &mut *tx,
-            &app.state.cipher,
-            user_id,
-            Some(&format!("sid-{i}")),
-            &login,
-        )
-        .await
-        .unwrap();
         let status = if i % 3 == 0 {
             "needs_login"
         } else if i % 5 == 0 {
@@ -171,26 +143,14 @@ async fn seed_sessions(app: &TestApp, n: usize) {
         } else {
             "ok"
         };
-        sqlx::query("UPDATE oauth_tokens SET refresh_status = $2 WHERE token_id = $1")
-            .bind(token_id)
-            .bind(status)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        sqlx::query(
-            r#"INSERT INTO sessions (session_id, key_hash, token_id, ip, user_agent, created_at,
-                                    last_seen_at, expires_at, absolute_expires_at)
-               VALUES ($1, sha256($1::text::bytea), $2, '10.0.0.1',
-                       'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0',
-                       now() - make_interval(mins => $3 + 60), now() - make_interval(mins => $3),
-                       now() + interval '1 day', now() + interval '7 days')"#,
-        )
-        .bind(Uuid::now_v7())
-        .bind(token_id)
-        .bind(i as i32)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
+        TestLogin::new(&sub)
+            .email(format!("{sub}@shop.example"))
+            .name(format!("Shopper {i}"))
+            .provider_sid(format!("sid-{i}"))
+            .status(status)
+            .with_session(i as i32)
+            .insert(app, &mut tx)
+            .await;
     }
     tx.commit().await.unwrap();
 }

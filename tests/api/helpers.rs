@@ -225,16 +225,146 @@ impl TestApp {
             .unwrap()
     }
 
-    /// The CSRF token from the page's logout form.
+    /// The session's CSRF token, from the home page's forms (creating the session).
     pub async fn csrf_token(&self) -> String {
         let html = self.get("/").await.text().await.unwrap();
-        let doc = scraper::Html::parse_document(&html);
-        let sel = scraper::Selector::parse("input[name=csrf_token]").unwrap();
-        doc.select(&sel)
-            .next()
-            .and_then(|e| e.value().attr("value"))
-            .expect("a csrf token on the page")
-            .to_owned()
+        page_csrf_token(&html).expect("a CSRF token on the home page")
+    }
+}
+
+/// The attribute `name` of the first element matching `css` in `html`.
+pub fn attr(html: &str, css: &str, name: &str) -> Option<String> {
+    let doc = scraper::Html::parse_document(html);
+    let sel = scraper::Selector::parse(css).unwrap();
+    doc.select(&sel)
+        .next()
+        .and_then(|e| e.value().attr(name))
+        .map(str::to_owned)
+}
+
+/// The CSRF token of a page's forms.
+pub fn page_csrf_token(html: &str) -> Option<String> {
+    attr(html, "input[name=csrf_token]", "value")
+}
+
+/// A login written straight into the database (a user, its token row, optionally a session),
+/// for tests that need many logins or one in a particular state.
+pub struct TestLogin {
+    subject: String,
+    email: Option<String>,
+    name: Option<String>,
+    provider_sid: Option<String>,
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_in: std::time::Duration,
+    status: &'static str,
+    /// Minutes since the session was last seen; `None`: no session.
+    session_seen_minutes_ago: Option<i32>,
+}
+
+impl TestLogin {
+    pub fn new(subject: &str) -> Self {
+        Self {
+            subject: subject.to_owned(),
+            email: None,
+            name: None,
+            provider_sid: None,
+            access_token: format!("at-{subject}"),
+            refresh_token: Some(format!("rt-{subject}")),
+            expires_in: std::time::Duration::from_secs(3600),
+            status: "ok",
+            session_seen_minutes_ago: None,
+        }
+    }
+
+    pub fn email(mut self, email: impl Into<String>) -> Self {
+        self.email = Some(email.into());
+        self
+    }
+
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    pub fn provider_sid(mut self, sid: impl Into<String>) -> Self {
+        self.provider_sid = Some(sid.into());
+        self
+    }
+
+    pub fn refresh_token(mut self, token: impl Into<String>) -> Self {
+        self.refresh_token = Some(token.into());
+        self
+    }
+
+    pub fn expires_in(mut self, ttl: std::time::Duration) -> Self {
+        self.expires_in = ttl;
+        self
+    }
+
+    /// `ok`, `retrying` or `needs_login`.
+    pub fn status(mut self, status: &'static str) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// With a live session (Firefox on Linux, from 10.0.0.1) last seen this long ago.
+    pub fn with_session(mut self, seen_minutes_ago: i32) -> Self {
+        self.session_seen_minutes_ago = Some(seen_minutes_ago);
+        self
+    }
+
+    /// Writes the login at `app`'s provider; returns its `token_id`.
+    pub async fn insert(self, app: &TestApp, conn: &mut sqlx::PgConnection) -> uuid::Uuid {
+        let user_id: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO users (user_id, issuer, subject, email, name) VALUES ($1, $2, $3, $4, $5) RETURNING user_id",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .bind(&app.idp.issuer)
+        .bind(&self.subject)
+        .bind(&self.email)
+        .bind(&self.name)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        let tokens = storefront::auth::oidc::TokenSet {
+            access_token: self.access_token.into(),
+            refresh_token: self.refresh_token.map(Into::into),
+            id_token: None,
+            expires_in: Some(self.expires_in),
+        };
+        let token_id = storefront::auth::tokens::insert_tokens(
+            &mut *conn,
+            &app.state.cipher,
+            user_id,
+            self.provider_sid.as_deref(),
+            &tokens,
+        )
+        .await
+        .unwrap();
+        sqlx::query("UPDATE oauth_tokens SET refresh_status = $2 WHERE token_id = $1")
+            .bind(token_id)
+            .bind(self.status)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        if let Some(minutes) = self.session_seen_minutes_ago {
+            sqlx::query(
+                r#"INSERT INTO sessions (session_id, key_hash, token_id, ip, user_agent, created_at,
+                                        last_seen_at, expires_at, absolute_expires_at)
+                   VALUES ($1, sha256($1::text::bytea), $2, '10.0.0.1',
+                           'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0',
+                           now() - make_interval(mins => $3 + 60), now() - make_interval(mins => $3),
+                           now() + interval '1 day', now() + interval '7 days')"#,
+            )
+            .bind(uuid::Uuid::now_v7())
+            .bind(token_id)
+            .bind(minutes)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+        token_id
     }
 }
 

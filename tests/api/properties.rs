@@ -147,18 +147,7 @@ async fn back_channel_logout_tokens(opts: PgPoolOptions, db: PgConnectOptions) {
 #[sqlx::test]
 async fn cart_forms(opts: PgPoolOptions, db: PgConnectOptions) {
     let app = fuzz_app(opts, db).await;
-    let csrf = {
-        let html = app.get("/").await.text().await.unwrap();
-        let doc = scraper::Html::parse_document(&html);
-        let sel = scraper::Selector::parse("input[name=csrf_token]").unwrap();
-        doc.select(&sel)
-            .next()
-            .unwrap()
-            .value()
-            .attr("value")
-            .unwrap()
-            .to_owned()
-    };
+    let csrf = app.csrf_token().await;
     let number = prop_oneof![
         "-?[0-9]{1,25}",
         Just("1".to_owned()),

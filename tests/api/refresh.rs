@@ -5,16 +5,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use storefront::auth::oidc::TokenSet;
 use storefront::auth::refresh::Outcome;
-use storefront::auth::tokens;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::fake_idp::{FakeIdp, TokenEndpoint};
+use crate::helpers::TestLogin;
 use crate::helpers::{
     TestApp, assert_redirect_to, location, same_secrets, spawn_app_with, spawn_app_with_idp,
 };
@@ -144,24 +142,11 @@ async fn seed_logins(app: &TestApp, n: usize) {
     let mut tx = app.pool.begin().await.unwrap();
     for i in 0..n {
         let sub = format!("user{i}");
-        let user_id: Uuid = sqlx::query_scalar(
-            "INSERT INTO users (user_id, issuer, subject) VALUES ($1, $2, $3) RETURNING user_id",
-        )
-        .bind(Uuid::now_v7())
-        .bind(&app.idp.issuer)
-        .bind(&sub)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-        let tokens = TokenSet {
-            access_token: SecretString::from(format!("at-seed-{i}")),
-            refresh_token: Some(SecretString::from(app.idp.issue_refresh_token(&sub))),
-            id_token: None,
-            expires_in: Some(Duration::from_secs(1)),
-        };
-        tokens::insert_tokens(&mut *tx, &app.state.cipher, user_id, None, &tokens)
-            .await
-            .unwrap();
+        TestLogin::new(&sub)
+            .refresh_token(app.idp.issue_refresh_token(&sub))
+            .expires_in(Duration::from_secs(1))
+            .insert(app, &mut tx)
+            .await;
     }
     tx.commit().await.unwrap();
 }

@@ -5,8 +5,8 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::helpers::{
-    TestApp, assert_found, assert_redirect_to, browser_client, location, same_secrets, spawn_app,
-    spawn_app_with, spawn_app_with_idp,
+    TestApp, assert_found, assert_redirect_to, attr, browser_client, location, same_secrets,
+    spawn_app, spawn_app_with, spawn_app_with_idp,
 };
 
 async fn shop(opts: PgPoolOptions, db: PgConnectOptions) -> TestApp {
@@ -46,25 +46,10 @@ fn select_all(html: &str, css: &str) -> Vec<String> {
         .collect()
 }
 
-fn attr(html: &str, css: &str, name: &str) -> Option<String> {
-    let doc = scraper::Html::parse_document(html);
-    let sel = scraper::Selector::parse(css).unwrap();
-    doc.select(&sel)
-        .next()
-        .and_then(|e| e.value().attr(name))
-        .map(str::to_owned)
-}
-
 impl TestApp {
-    /// The CSRF token of the session, from the home page's forms (creating the session).
-    async fn form_token(&self) -> String {
-        let html = self.get("/").await.text().await.unwrap();
-        attr(&html, "input[name=csrf_token]", "value").expect("a CSRF token on the home page")
-    }
-
     async fn add(&self, slug: &str, quantity: &str) -> reqwest::Response {
         let id = product_id(&self.pool, slug).await.to_string();
-        let csrf = self.form_token().await;
+        let csrf = self.csrf_token().await;
         self.post_form(
             "/cart/items",
             &[
@@ -179,7 +164,7 @@ async fn cart_quantities_are_bounded_and_refusals_change_nothing(
     assert!(response.text().await.unwrap().contains("only 3"));
 
     // An unknown product is a 400 page, not a 500.
-    let csrf = app.form_token().await;
+    let csrf = app.csrf_token().await;
     let response = app
         .post_form(
             "/cart/items",
@@ -228,7 +213,7 @@ async fn prices_come_from_the_catalogue_never_from_the_form(
 ) {
     let app = shop(opts, db).await;
     let id = product_id(&app.pool, "headphones").await.to_string();
-    let csrf = app.form_token().await;
+    let csrf = app.csrf_token().await;
     let response = app
         .post_form(
             "/cart/items",
@@ -341,7 +326,7 @@ async fn every_post_form_needs_the_sessions_csrf_token(opts: PgPoolOptions, db: 
         |s| same_secrets(s, &app),
     )
     .await;
-    let foreign = other.form_token().await;
+    let foreign = other.csrf_token().await;
     for token in ["", "forged", foreign.as_str()] {
         let attempts = [
             (
