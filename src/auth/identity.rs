@@ -16,7 +16,7 @@ pub struct PendingLogin {
     pub created_at: i64,
 }
 
-/// Who is logged in, as joined from `users` and `oauth_tokens` on every load.
+/// Who is logged in, as the session load reads it from the `logins` view on every request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuthState {
     pub user_id: Uuid,

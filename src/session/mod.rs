@@ -13,7 +13,7 @@ pub use crate::auth::identity::{AuthState, PendingLogin};
 
 /// Read-only entry the store adds on load: the logged-in user and their token health.
 pub(crate) const AUTH_KEY: &str = "__auth";
-/// The login (row of `oauth_tokens`) this session belongs to.
+/// The login (its `token_id`) this session belongs to.
 pub(crate) const TOKEN_KEY: &str = "token_id";
 /// IP address and user agent recorded at login, for the admin dashboard.
 pub(crate) const CLIENT_KEY: &str = "client";
