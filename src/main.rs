@@ -102,13 +102,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let app = Application::build(settings, pool).await?;
     tracing::info!(port = app.port(), "storefront listening");
+    let state = app.state().clone();
     let stop = CancellationToken::new();
     let tasks = app.spawn_background_tasks(stop.clone());
-    // actix-web handles SIGINT/SIGTERM: it stops accepting, drains, then returns.
+    // actix-web handles SIGINT/SIGTERM: it stops accepting, drains, then returns. Then the
+    // background tasks stop (refresh calls in flight finish and are written), then the pools.
     let result = app.run_until_stopped().await;
     stop.cancel();
     for task in tasks {
         let _ = task.await;
     }
+    Application::close_pools(&state).await;
     result.context("HTTP server")
 }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use sqlx::PgPool;
 
@@ -19,6 +19,8 @@ pub struct Metrics {
     http_duration: HistogramVec,
     pub logins: IntCounterVec,
     pub refreshes: IntCounterVec,
+    /// From a refresh answer to its committed write.
+    pub refresh_write: Histogram,
     /// Time spent waiting for the provider, by call (`token_exchange`).
     pub provider_duration: HistogramVec,
     active_sessions: IntGauge,
@@ -71,6 +73,16 @@ impl Metrics {
             &["call"],
         )
         .expect("valid metric");
+        let refresh_write = Histogram::with_opts(
+            HistogramOpts::new(
+                "refresh_write_seconds",
+                "From a refresh answer to its committed write (the window a crash would lose a rotated token in)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+        )
+        .expect("valid metric");
         let active_sessions = IntGauge::new(
             "active_sessions",
             "Live logged-in sessions (read at scrape time)",
@@ -93,6 +105,7 @@ impl Metrics {
             Box::new(http_duration.clone()),
             Box::new(logins.clone()),
             Box::new(refreshes.clone()),
+            Box::new(refresh_write.clone()),
             Box::new(provider_duration.clone()),
             Box::new(active_sessions.clone()),
             Box::new(due_backlog.clone()),
@@ -109,6 +122,7 @@ impl Metrics {
             http_duration,
             logins,
             refreshes,
+            refresh_write,
             provider_duration,
             active_sessions,
             due_backlog,
@@ -162,5 +176,15 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Metrics {
+    /// The series the token refresher feeds.
+    pub fn refresh_metrics(&self) -> crate::auth::refresh::RefreshMetrics {
+        crate::auth::refresh::RefreshMetrics {
+            outcomes: self.refreshes.clone(),
+            write_seconds: self.refresh_write.clone(),
+        }
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::oidc::Oidc;
-use crate::auth::refresh::Refresher;
+use crate::auth::refresh::{Refresher, RefresherPools};
 use crate::configuration::Settings;
 use crate::crypto::TokenCipher;
 use crate::metrics::Metrics;
@@ -62,18 +62,22 @@ impl Application {
         }
         let cipher = Arc::new(TokenCipher::new(settings.tokens.keys()));
         let metrics = Arc::new(Metrics::new());
+        let background_pool = crate::db::background_pool(&pool, &settings.database);
         let refresher = Arc::new(Refresher::new(
-            pool.clone(),
+            RefresherPools {
+                requests: pool.clone(),
+                background: background_pool.clone(),
+            },
             cipher.clone(),
             oidc.clone(),
             settings.refresh.clone(),
-            Duration::from_secs(settings.oidc.http_timeout_secs),
-            metrics.refreshes.clone(),
+            metrics.refresh_metrics(),
         ));
         let proxies = TrustedProxies::new(settings.server.trusted_proxies.clone());
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool,
+            background_pool,
             tera,
             oidc,
             cipher,
@@ -98,8 +102,9 @@ impl Application {
         &self.state
     }
 
-    /// Discovery retries, session cleanup and (if `refresh.enabled`) the token refresher.
-    /// They stop when `stop` is cancelled.
+    /// Discovery retries, session cleanup and (if `refresh.enabled`) the token refresher, on
+    /// the background pool. They stop when `stop` is cancelled; on-demand refreshes still
+    /// running then are waited for (up to one call timeout), so their answers are written.
     pub fn spawn_background_tasks(
         &self,
         stop: CancellationToken,
@@ -111,17 +116,30 @@ impl Application {
         let mut tasks = vec![
             tokio::spawn(async move { oidc.discover_until_ready(retry, discovery_stop).await }),
             tokio::spawn(crate::session::cleanup::run_until_stopped(
-                self.state.pool.clone(),
+                self.state.background_pool.clone(),
                 Duration::from_secs(s.session.cleanup_interval_secs.max(1)),
                 s.session.cleanup_batch_size.max(1),
                 stop.clone(),
             )),
         ];
+        let refresher = self.state.refresher.clone();
+        let drain_stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            drain_stop.cancelled().await;
+            refresher.finish_in_flight().await;
+        }));
         if s.refresh.enabled {
             let refresher = self.state.refresher.clone();
             tasks.push(tokio::spawn(refresher.run_until_stopped(stop)));
         }
         tasks
+    }
+
+    /// After the server and the background tasks have stopped: closes both pools, so the
+    /// process leaves Postgres with every connection ended properly.
+    pub async fn close_pools(state: &State) {
+        state.background_pool.close().await;
+        state.pool.close().await;
     }
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -16,7 +16,11 @@ use crate::net::TrustedProxies;
 
 /// Everything a handler needs, shared by all workers.
 pub struct AppState {
+    /// For request handlers.
     pub pool: PgPool,
+    /// For the background tasks and the refresh calls, on the main runtime: its connections
+    /// outlive the HTTP workers, which stop first on shutdown.
+    pub background_pool: PgPool,
     pub tera: Tera,
     pub oidc: Arc<Oidc>,
     pub cipher: Arc<TokenCipher>,

@@ -256,10 +256,21 @@ impl Settings {
                 "refresh.batch_size, refresh.max_concurrency and refresh.max_per_sec must be positive",
             ));
         }
-        if r.lease_secs < 2 * self.oidc.http_timeout_secs + 5 {
+        if r.lease_secs < 2 {
             return Err(invalid(
                 "refresh.lease_secs",
-                "must be at least 2 * oidc.http_timeout_secs + 5, so a claim outlives the call it covers",
+                "must be at least 2 (a call in flight renews its claim every third of it)",
+            ));
+        }
+        if r.call_timeout_secs == 0 {
+            return Err(invalid("refresh.call_timeout_secs", "must be positive"));
+        }
+        // A token is claimed once it expires within `lead_secs`, and a claim may be held for a
+        // whole call plus one lease: a shorter lead would let tokens expire while claimed.
+        if r.lead_secs < r.call_timeout_secs + r.lease_secs {
+            return Err(invalid(
+                "refresh.lead_secs",
+                "must be at least refresh.call_timeout_secs + refresh.lease_secs, so no token can expire while its refresh is under way",
             ));
         }
         Ok(())

@@ -130,11 +130,27 @@ pub struct RefreshSettings {
     pub max_concurrency: usize,
     /// Refresh calls started per second, per instance.
     pub max_per_sec: u32,
-    /// How long a claim on a token lasts; a crashed instance's claims lapse after this.
+    /// How long a claim on a token lasts without renewal. A call in flight renews it every
+    /// third of this, so a crashed instance's claims lapse within this, whatever the call's
+    /// length.
     pub lease_secs: u64,
+    /// How long one refresh call (JWKS refetch included) may take before its answer is given
+    /// up for lost. Generous: an answer that arrives late is still stored, while one given up
+    /// may have spent a rotating refresh token.
+    pub call_timeout_secs: u64,
     /// Backoff after a transient failure: base * 2^failures, capped, with jitter.
     pub backoff_base_secs: u64,
     pub backoff_max_secs: u64,
+}
+
+impl RefreshSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_timeout_secs)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

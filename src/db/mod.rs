@@ -36,6 +36,20 @@ pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(settings.connect_options()?))
 }
 
+/// A second, small pool to the same database for the background work (refresher, cleanup),
+/// whose connections are opened on the main runtime and so outlive the HTTP workers.
+pub fn background_pool(requests: &PgPool, settings: &DatabaseSettings) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(BACKGROUND_CONNECTIONS)
+        .acquire_timeout(settings.acquire_timeout())
+        .test_before_acquire(true)
+        .connect_lazy_with((*requests.connect_options()).clone())
+}
+
+/// Background statements are short (a claim, a write, a cleanup batch): a few connections
+/// serve any number of refresh calls in flight.
+const BACKGROUND_CONNECTIONS: u32 = 4;
+
 /// True for errors that mean "the database cannot be reached right now" (answer 503): any
 /// failure to get a working connection (pool timeout, I/O, TLS, protocol) and the SQLSTATEs a
 /// server sends while it refuses or loses connections: class 08 (connection exception), 53

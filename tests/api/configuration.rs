@@ -156,7 +156,8 @@ fn environment_variables_come_from_the_sources_given_not_the_process() {
             .ends_with("/from-vars")
     );
     // The defaults are the built-in `default.toml`'s.
-    assert_eq!(settings.refresh.lease_secs, 60);
+    assert_eq!(settings.refresh.lease_secs, 10);
+    assert_eq!(settings.refresh.call_timeout_secs, 30);
     assert_eq!(settings.rate_limit.per_minute, 30);
 }
 

@@ -3,9 +3,9 @@
 
 use openidconnect::core::{CoreAuthenticationFlow, CoreErrorResponseType};
 use openidconnect::{
-    AccessToken, AuthorizationCode, CsrfToken, LogoutRequest, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, RefreshToken, RequestTokenError, StandardErrorResponse,
-    SubjectIdentifier, TokenResponse,
+    AccessToken, AuthorizationCode, CsrfToken, HttpClientError, LogoutRequest, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RefreshToken, RequestTokenError,
+    StandardErrorResponse, SubjectIdentifier, TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -85,7 +85,7 @@ impl Oidc {
         let response = client
             .exchange_refresh_token(&refresh)
             .map_err(|e| OidcError::Unavailable(e.to_string()))?
-            .request_async(&self.http)
+            .request_async(&self.refresh_http)
             .await
             .map_err(map_token_error)?;
         let claims = match response.id_token() {
@@ -227,15 +227,22 @@ fn token_set(response: &ShopTokenResponse, id_token: Option<&ShopIdToken>) -> To
     }
 }
 
-fn map_token_error<E: std::error::Error + 'static>(
-    err: RequestTokenError<E, StandardErrorResponse<CoreErrorResponseType>>,
+fn map_token_error(
+    err: RequestTokenError<
+        HttpClientError<reqwest::Error>,
+        StandardErrorResponse<CoreErrorResponseType>,
+    >,
 ) -> OidcError {
     match err {
         RequestTokenError::ServerResponse(r) => OidcError::Refused {
             error: r.error().as_ref().to_owned(),
             description: r.error_description().cloned(),
         },
-        RequestTokenError::Request(e) => OidcError::Unavailable(error_chain(&e)),
+        // Not connected: the request certainly never reached the provider.
+        RequestTokenError::Request(HttpClientError::Reqwest(e)) if e.is_connect() => {
+            OidcError::Unavailable(error_chain(&*e))
+        }
+        RequestTokenError::Request(e) => OidcError::NoAnswer(error_chain(&e)),
         RequestTokenError::Parse(e, _) => OidcError::InvalidResponse(e.to_string()),
         RequestTokenError::Other(e) => OidcError::InvalidResponse(e),
     }

@@ -23,9 +23,14 @@ use provider::Provider;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
-    /// Discovery has not succeeded yet, or the provider did not answer in time.
+    /// Discovery has not succeeded yet, the request could not be sent (connection refused,
+    /// DNS), or the provider said it is unavailable.
     #[error("the identity provider is unavailable: {0}")]
     Unavailable(String),
+    /// The request was sent, but no answer came back (timeout, connection lost): the provider
+    /// may have acted on it.
+    #[error("no answer from the identity provider: {0}")]
+    NoAnswer(String),
     /// The provider refused the grant (`invalid_grant` and friends).
     #[error("the identity provider refused the request: {error}")]
     Refused {
@@ -67,6 +72,10 @@ pub struct Refreshed {
 
 pub struct Oidc {
     http: reqwest::Client,
+    /// For refresh calls: the same connect timeout, but the generous
+    /// `refresh.call_timeout_secs` for the answer, since a refresh given up may have spent a
+    /// rotating refresh token.
+    refresh_http: reqwest::Client,
     issuer: IssuerUrl,
     client_id: ClientId,
     client_secret: ClientSecret,
@@ -80,14 +89,18 @@ pub struct Oidc {
 
 impl Oidc {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
-        let timeout = Duration::from_secs(settings.oidc.http_timeout_secs);
-        let http = reqwest::Client::builder()
-            // Following redirects would open the client to SSRF.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .user_agent(concat!("storefront/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let connect = settings.oidc.http_timeout();
+        let client = |timeout: Duration| {
+            reqwest::Client::builder()
+                // Following redirects would open the client to SSRF.
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(connect)
+                .timeout(timeout)
+                .user_agent(concat!("storefront/", env!("CARGO_PKG_VERSION")))
+                .build()
+        };
+        let http = client(connect)?;
+        let refresh_http = client(settings.refresh.call_timeout().max(connect))?;
         let issuer = settings
             .oidc
             .issuer_url
@@ -96,6 +109,7 @@ impl Oidc {
             .to_owned();
         Ok(Self {
             http,
+            refresh_http,
             issuer: IssuerUrl::new(issuer)?,
             client_id: ClientId::new(settings.oidc.client_id.clone()),
             client_secret: ClientSecret::new(

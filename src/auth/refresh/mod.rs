@@ -4,18 +4,19 @@
 //!
 //! Providers rotate refresh tokens: each can be used once, and a reuse revokes the whole
 //! family. So a token row is refreshed only under a *claim* (see the token store's
-//! `claims`). Whoever holds it calls the provider outside any transaction and stores the
-//! result only if the claim is still its own. Claims lapse by themselves, so a crashed
-//! instance holds nothing for long. Within one process, requests for the same token also
-//! queue on an in-memory lock (single flight), so fifty concurrent requests cost one refresh
-//! and one wait each, not fifty polls of the database.
+//! `claims`): a short lease, renewed while the call runs, so a crashed instance's claims lapse
+//! within seconds. Whoever holds it calls the provider outside any transaction, lets the call
+//! run to its end (`refresh.call_timeout_secs`) whoever is waiting, and stores the answer. A
+//! call that was sent but never answered is not sent again with the same token. Within one
+//! process, requests for the same token share one refresh (single flight), which runs on the
+//! main runtime: a page may stop waiting for it, the refresh goes on.
 
 mod limiter;
 mod on_demand;
 mod stats;
 
 pub use on_demand::{AccessError, USE_SKEW};
-pub use stats::{Outcome, RefreshStats};
+pub use stats::{Outcome, RefreshMetrics, RefreshStats};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex as SyncMutex};
@@ -23,12 +24,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
-use prometheus::IntCounterVec;
 use rand::Rng;
+use secrecy::SecretString;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::oidc::{Oidc, OidcError, Refreshed};
@@ -36,60 +39,77 @@ use super::tokens::{self, Claimed};
 use crate::configuration::RefreshSettings;
 use crate::crypto::TokenCipher;
 use limiter::Limiter;
+use on_demand::Flight;
 
-/// A provider call is started only if the claim outlives it by this much.
-const CLAIM_MARGIN: Duration = Duration::from_secs(2);
+/// How long a refresh that answered may keep retrying its write while Postgres is away.
+const WRITE_RETRY_FOR: Duration = Duration::from_secs(10);
+const WRITE_RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// What became of one claimed row.
 enum Attempt {
-    Refreshed(Box<Refreshed>, DateTime<Utc>),
-    Transient(OidcError),
+    Refreshed,
+    /// A transient failure: backing off.
+    Transient,
     NeedsLogin,
+    /// The answer never came; the refresh token may be spent and was dropped.
+    Spent,
     /// The row changed under us (another instance refreshed it): read it again.
     Changed,
-    /// Not attempted (shutting down, or the claim would lapse mid-call): release the claim.
+    /// Not attempted (shutting down, or the claim lapsed while waiting): release the claim.
     Skipped,
+}
+
+/// The two pools the refresher uses. Request code reads token rows through `requests`; every
+/// claim, call and write runs on the main runtime through `background`, a pool of its own whose
+/// connections outlive the HTTP workers (which stop first on shutdown).
+#[derive(Clone)]
+pub struct RefresherPools {
+    pub requests: PgPool,
+    pub background: PgPool,
 }
 
 pub struct Refresher {
     pool: PgPool,
+    background: PgPool,
     cipher: Arc<TokenCipher>,
     oidc: Arc<Oidc>,
     settings: RefreshSettings,
-    http_timeout: Duration,
     limiter: Limiter,
     stats: RefreshStats,
-    /// Per-token locks for refreshes in progress in this process.
-    in_flight: SyncMutex<HashMap<Uuid, Arc<Mutex<()>>>>,
+    /// This process's on-demand refreshes in progress, one per token (single flight).
+    flights: SyncMutex<HashMap<Uuid, watch::Receiver<Option<Flight>>>>,
+    /// Every on-demand refresh task, so shutdown can wait for them.
+    tracker: TaskTracker,
+    /// The main runtime: refresh calls run there, never on an HTTP worker's runtime, so a
+    /// worker stopping cannot cut a call (and its write) short.
+    runtime: Handle,
 }
 
 impl Refresher {
+    /// Must be called on the runtime that outlives the HTTP workers (the main one).
     pub fn new(
-        pool: PgPool,
+        pools: RefresherPools,
         cipher: Arc<TokenCipher>,
         oidc: Arc<Oidc>,
         settings: RefreshSettings,
-        http_timeout: Duration,
-        outcomes: IntCounterVec,
+        metrics: RefreshMetrics,
     ) -> Self {
         Self {
             limiter: Limiter::new(settings.max_concurrency, settings.max_per_sec),
-            pool,
+            pool: pools.requests,
+            background: pools.background,
             cipher,
             oidc,
             settings,
-            http_timeout,
-            stats: RefreshStats::new(outcomes),
-            in_flight: SyncMutex::new(HashMap::new()),
+            stats: RefreshStats::new(metrics),
+            flights: SyncMutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            runtime: Handle::current(),
         }
     }
 
     pub fn stats(&self) -> &RefreshStats {
         &self.stats
-    }
-
-    fn lease(&self) -> Duration {
-        Duration::from_secs(self.settings.lease_secs)
     }
 
     /// Scans for due tokens every `refresh.interval_secs` (at once again after a full batch)
@@ -110,7 +130,7 @@ impl Refresher {
                     false
                 }
             };
-            if let Err(e) = self.stats.flush(&self.pool).await {
+            if let Err(e) = self.stats.flush(&self.background).await {
                 tracing::warn!(error = %e, "Could not record refresh outcomes; kept for later");
             }
             if full_batch {
@@ -121,8 +141,22 @@ impl Refresher {
                 _ = tokio::time::sleep(interval) => {}
             }
         }
-        let _ = self.stats.flush(&self.pool).await;
+        let _ = self.stats.flush(&self.background).await;
         tracing::info!("Token refresher stopped");
+    }
+
+    /// Waits (up to one call timeout) for the on-demand refreshes still running, so their
+    /// answers are written before the process exits. New ones are still accepted meanwhile.
+    pub async fn finish_in_flight(&self) {
+        self.tracker.close();
+        let limit = self.settings.call_timeout() + self.settings.lease();
+        if tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("On-demand refreshes still running at shutdown");
+        }
+        let _ = self.stats.flush(&self.background).await;
     }
 
     /// One scan: claims up to `refresh.batch_size` due tokens and refreshes them with bounded
@@ -130,9 +164,8 @@ impl Refresher {
     #[tracing::instrument(name = "Refresh due tokens", skip_all, fields(claimed))]
     pub async fn refresh_due(&self, stop: &CancellationToken) -> Result<usize, sqlx::Error> {
         let claim = Uuid::new_v4();
-        let claimed_at = Instant::now();
         let rows = tokens::claim_due(
-            &self.pool,
+            &self.background,
             self.settings.lead_secs,
             self.settings.batch_size,
             claim,
@@ -144,10 +177,9 @@ impl Refresher {
         if claimed == 0 {
             return Ok(0);
         }
-        let deadline = claimed_at + self.lease();
         let unfinished: Vec<Uuid> = stream::iter(rows)
             .map(|row| async move {
-                match self.attempt(&row, claim, deadline, Some(stop)).await {
+                match self.attempt(&row, claim, Some(stop)).await {
                     Ok(Attempt::Skipped) => Some(row.token_id),
                     Ok(_) => None,
                     Err(e) => {
@@ -161,7 +193,7 @@ impl Refresher {
             .collect()
             .await;
         if !unfinished.is_empty() {
-            tokens::release(&self.pool, &unfinished, claim).await?;
+            tokens::release(&self.background, &unfinished, claim).await?;
         }
         Ok(claimed)
     }
@@ -171,9 +203,9 @@ impl Refresher {
         &self,
         row: &Claimed,
         claim: Uuid,
-        deadline: Instant,
         stop: Option<&CancellationToken>,
     ) -> Result<Attempt, sqlx::Error> {
+        let pool = &self.background;
         let refresh_token = match tokens::decrypt_refresh_token(
             &self.cipher,
             row.token_id,
@@ -184,7 +216,7 @@ impl Refresher {
             Err(e) => {
                 // E.g. its key was retired: the token is unusable, only a new login helps.
                 tracing::error!(error = %e, token_id = %row.token_id, "Cannot decrypt refresh token");
-                tokens::mark_refused(&self.pool, row).await?;
+                tokens::mark_refused(pool, row).await?;
                 return Ok(Attempt::NeedsLogin);
             }
         };
@@ -195,49 +227,108 @@ impl Refresher {
             },
             None => self.limiter.acquire().await,
         };
-        if Instant::now() + self.http_timeout + CLAIM_MARGIN > deadline {
+        // The claim may have lapsed while the row waited for its turn; then another instance
+        // may hold it, and the token must not be sent.
+        if !tokens::renew(pool, row.token_id, claim, self.settings.lease_secs).await? {
             return Ok(Attempt::Skipped);
         }
-        let result = self.oidc.refresh(&refresh_token, &row.subject).await;
+        let result = self.call_keeping_claim(row, claim, &refresh_token).await;
         drop(permit);
         match result {
             Ok(refreshed) => {
-                let saved = tokens::save_refreshed(
-                    &self.pool,
-                    &self.cipher,
-                    row.token_id,
-                    claim,
-                    &refreshed,
-                )
-                .await?;
-                let Some(expires_at) = saved else {
-                    // Cannot happen while leases outlast calls; if it does, the rotated token
-                    // is lost and the next refresh will ask the user to log in again.
-                    tracing::error!(token_id = %row.token_id, "Refresh claim lapsed during the call; result dropped");
+                let answered = Instant::now();
+                let saved = self.save(row, claim, &refreshed).await?;
+                self.stats.observe_write(answered.elapsed());
+                if saved.is_none() {
+                    tracing::warn!(token_id = %row.token_id, "Refreshed, but the login moved on meanwhile; answer not stored");
                     return Ok(Attempt::Changed);
-                };
+                }
                 self.stats.record(Outcome::Ok);
-                Ok(Attempt::Refreshed(Box::new(refreshed), expires_at))
+                Ok(Attempt::Refreshed)
             }
             Err(e) if e.is_invalid_grant() => {
-                if tokens::mark_refused(&self.pool, row).await? {
+                if tokens::mark_refused(pool, row).await? {
                     tracing::info!(token_id = %row.token_id, "Refresh token refused; the user must log in again");
                     self.stats.record(Outcome::InvalidGrant);
                     Ok(Attempt::NeedsLogin)
                 } else {
                     tracing::info!(token_id = %row.token_id, "Refresh token refused but already replaced; using the new one");
                     self.stats.record(Outcome::RaceRecovered);
-                    tokens::release(&self.pool, &[row.token_id], claim).await?;
+                    tokens::release(pool, &[row.token_id], claim).await?;
                     Ok(Attempt::Changed)
                 }
+            }
+            Err(OidcError::NoAnswer(e)) if row.refresh_rotates != Some(false) => {
+                // Sent, never answered: a rotating provider may have spent the token. Sending
+                // it again could make the provider revoke the whole grant.
+                tracing::error!(error = %e, token_id = %row.token_id,
+                    "Refresh sent but never answered; its refresh token may be spent and is dropped");
+                self.stats.record(Outcome::NoAnswer);
+                tokens::drop_refresh_token(pool, row, claim).await?;
+                Ok(Attempt::Spent)
             }
             Err(e) => {
                 let backoff = self.backoff(row.failure_count);
                 tracing::warn!(error = %e, token_id = %row.token_id, failures = row.failure_count + 1,
                     retry_in_secs = backoff.as_secs_f64(), "Token refresh failed; backing off");
                 self.stats.record(Outcome::TransientFailure);
-                tokens::record_failure(&self.pool, row.token_id, claim, backoff).await?;
-                Ok(Attempt::Transient(e))
+                tokens::record_failure(pool, row.token_id, claim, backoff).await?;
+                Ok(Attempt::Transient)
+            }
+        }
+    }
+
+    /// The provider call, bounded by `refresh.call_timeout_secs` (JWKS refetch included),
+    /// renewing the claim every third of a lease while it runs.
+    async fn call_keeping_claim(
+        &self,
+        row: &Claimed,
+        claim: Uuid,
+        refresh_token: &SecretString,
+    ) -> Result<Refreshed, OidcError> {
+        let call = tokio::time::timeout(
+            self.settings.call_timeout(),
+            self.oidc.refresh(refresh_token, &row.subject),
+        );
+        tokio::pin!(call);
+        let every = (self.settings.lease() / 3).max(Duration::from_millis(200));
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                result = &mut call => {
+                    return result.unwrap_or_else(|_| Err(OidcError::NoAnswer(format!(
+                        "no answer within {} s", self.settings.call_timeout_secs
+                    ))));
+                }
+                _ = heartbeat.tick() => {
+                    match tokens::renew(&self.background, row.token_id, claim, self.settings.lease_secs).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(token_id = %row.token_id, "Refresh claim lapsed during the call"),
+                        Err(e) => tracing::warn!(error = %e, token_id = %row.token_id, "Could not renew a refresh claim"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores an answer, retrying for a while if Postgres is away: the answer may be the only
+    /// copy of a rotated refresh token.
+    async fn save(
+        &self,
+        row: &Claimed,
+        claim: Uuid,
+        refreshed: &Refreshed,
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let give_up = Instant::now() + WRITE_RETRY_FOR;
+        loop {
+            match tokens::save_refreshed(&self.background, &self.cipher, row, claim, refreshed)
+                .await
+            {
+                Err(e) if crate::db::is_unavailable(&e) && Instant::now() < give_up => {
+                    tracing::warn!(error = %e, token_id = %row.token_id, "Cannot store a refresh yet; retrying");
+                    tokio::time::sleep(WRITE_RETRY_EVERY).await;
+                }
+                saved => return saved,
             }
         }
     }
@@ -248,12 +339,5 @@ impl Refresher {
         let cap = self.settings.backoff_max_secs.max(1) as f64;
         let exp = base * 2f64.powi(failures.clamp(0, 20));
         Duration::from_secs_f64(exp.min(cap) * rand::thread_rng().gen_range(0.5..=1.0))
-    }
-
-    /// The in-process lock for one token's refresh.
-    fn flight(&self, token_id: Uuid) -> Arc<Mutex<()>> {
-        let mut map = self.in_flight.lock().expect("not poisoned");
-        map.retain(|_, lock| Arc::strong_count(lock) > 1);
-        map.entry(token_id).or_default().clone()
     }
 }

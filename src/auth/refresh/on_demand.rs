@@ -1,20 +1,36 @@
-//! On-demand refresh: the request that finds its access token expiring refreshes it under the
-//! same claim the background refresher uses, or waits for whoever holds it.
+//! On-demand refresh: the request that finds its access token expiring gets it refreshed by
+//! this process's one refresh of that token (started if none runs), under the same kind of
+//! claim the background refresher takes. A page waits for it at most [`PAGE_WAIT`]: then it
+//! uses the access token while it is valid, or says the provider is unavailable (503), and the
+//! refresh runs on to its end.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{Attempt, CLAIM_MARGIN, Refresher};
+use super::{Attempt, Refresher};
 use crate::auth::oidc::OidcError;
 use crate::auth::tokens::{self, RefreshStatus, StoredTokens, TokenStoreError};
 
 /// An access token this close to expiry is refreshed before a request uses it.
 pub const USE_SKEW: Duration = Duration::from_secs(5);
+/// The longest a page waits for a refresh, its own or another instance's.
+pub const PAGE_WAIT: Duration = Duration::from_secs(2);
 /// How often a request waiting for another instance's refresh looks at the row again.
 const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// How one on-demand refresh ended, for the requests waiting on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Flight {
+    /// It ran; the row holds the result.
+    Done,
+    /// Someone else (another instance) holds the claim.
+    Busy,
+}
 
 /// Why a request could not get a usable access token.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +59,10 @@ impl From<TokenStoreError> for AccessError {
 impl Refresher {
     /// An access token valid for at least [`USE_SKEW`], refreshed first if needed. `rejected`
     /// names the expiry of a token the provider has just refused (userinfo 401): that token is
-    /// not reused even if it looks fresh. Concurrent callers wait for one refresh and share it.
+    /// not reused even if it looks fresh. Concurrent callers share one refresh.
     #[tracing::instrument(name = "Usable access token", skip(self))]
     pub async fn usable_access_token(
-        &self,
+        self: &Arc<Self>,
         token_id: Uuid,
         rejected: Option<DateTime<Utc>>,
     ) -> Result<StoredTokens, AccessError> {
@@ -57,17 +73,18 @@ impl Refresher {
         let still_valid = |t: &StoredTokens| {
             t.access_expires_at > Utc::now() && Some(t.access_expires_at) != rejected
         };
-        let current = self.load(token_id).await?;
-        if fresh(&current) {
-            return Ok(current);
-        }
-        let flight = self.flight(token_id);
-        let _in_flight = flight.lock().await;
-        let give_up = Instant::now() + 2 * self.http_timeout + CLAIM_MARGIN;
+        let deadline = Instant::now() + PAGE_WAIT;
+        // The expiry a refresh of ours started from: a new token after it is the answer, even
+        // one shorter-lived than `USE_SKEW`.
+        let mut refreshed_from = None;
         loop {
             let current = self.load(token_id).await?;
-            if fresh(&current) {
+            let renewed = refreshed_from.is_some_and(|seen| current.access_expires_at != seen);
+            if fresh(&current) || (renewed && still_valid(&current)) {
                 return Ok(current);
+            }
+            if Instant::now() >= deadline {
+                return give_up(current, still_valid);
             }
             let backing_off = current.refresh_status == RefreshStatus::Retrying
                 && current.next_attempt_at.is_some_and(|at| at > Utc::now());
@@ -83,54 +100,79 @@ impl Refresher {
                 tokens::mark_needs_login(&self.pool, token_id).await?;
                 return Err(AccessError::NeedsLogin);
             }
-            let claim = Uuid::new_v4();
-            let claimed_at = Instant::now();
-            let row = tokens::claim_expired(
-                &self.pool,
-                token_id,
-                claim,
-                self.settings.lease_secs,
-                current.access_expires_at,
-            )
-            .await?;
-            let Some(row) = row else {
-                // Another instance holds the claim, or refreshed since we read the row.
-                if Instant::now() > give_up {
-                    return if still_valid(&current) {
-                        Ok(current)
-                    } else {
-                        Err(AccessError::Provider(OidcError::Unavailable(
-                            "another instance's refresh did not finish in time".into(),
-                        )))
-                    };
+            let mut flight = self.flight(token_id, current.access_expires_at);
+            let ended = tokio::time::timeout_at(deadline, flight.wait_for(Option::is_some)).await;
+            let outcome = match ended {
+                Ok(Ok(outcome)) => *outcome,
+                // The refresh runs on; this page stops waiting for it.
+                _ => return give_up(current, still_valid),
+            };
+            refreshed_from = Some(current.access_expires_at);
+            if outcome == Some(Flight::Busy) {
+                if Instant::now() + WAIT_POLL > deadline {
+                    return give_up(current, still_valid);
                 }
                 tokio::time::sleep(WAIT_POLL).await;
-                continue;
-            };
-            match self
-                .attempt(&row, claim, claimed_at + self.lease(), None)
-                .await?
-            {
-                Attempt::Refreshed(refreshed, access_expires_at) => {
-                    // Exactly what was just written; no need to read and decrypt it back.
-                    let new = refreshed.tokens;
-                    return Ok(StoredTokens {
-                        access_token: new.access_token,
-                        refresh_token: new.refresh_token.or(current.refresh_token),
-                        id_token: new.id_token.or(current.id_token),
-                        access_expires_at,
-                        refresh_status: RefreshStatus::Ok,
-                        next_attempt_at: None,
-                        ..current
-                    });
+            }
+        }
+    }
+
+    /// This process's refresh of `token_id`: the one running, or a new one on the main
+    /// runtime, which runs to its end whether or not anyone still waits for it.
+    fn flight(
+        self: &Arc<Self>,
+        token_id: Uuid,
+        seen_expiry: DateTime<Utc>,
+    ) -> watch::Receiver<Option<Flight>> {
+        let mut flights = self.flights.lock().expect("not poisoned");
+        if let Some(running) = flights.get(&token_id) {
+            return running.clone();
+        }
+        let (done, running) = watch::channel(None);
+        flights.insert(token_id, running.clone());
+        let this = self.clone();
+        self.tracker.spawn_on(
+            async move {
+                let outcome = this.refresh_one(token_id, seen_expiry).await;
+                this.flights.lock().expect("not poisoned").remove(&token_id);
+                let _ = done.send(Some(outcome));
+            },
+            &self.runtime,
+        );
+        running
+    }
+
+    /// Claims `token_id` (unless someone else holds it or it was refreshed since the request
+    /// saw `seen_expiry`) and refreshes it.
+    async fn refresh_one(&self, token_id: Uuid, seen_expiry: DateTime<Utc>) -> Flight {
+        let claim = Uuid::new_v4();
+        let claimed = tokens::claim_expired(
+            &self.background,
+            token_id,
+            claim,
+            self.settings.lease_secs,
+            seen_expiry,
+        )
+        .await;
+        match claimed {
+            Ok(Some(row)) => {
+                match self.attempt(&row, claim, None).await {
+                    Ok(Attempt::Skipped) => {
+                        let _ = tokens::release(&self.background, &[token_id], claim).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, %token_id, "On-demand refresh not recorded");
+                        let _ = tokens::release(&self.background, &[token_id], claim).await;
+                    }
                 }
-                Attempt::NeedsLogin => return Err(AccessError::NeedsLogin),
-                Attempt::Transient(e) if still_valid(&current) => {
-                    tracing::warn!(error = %e, "Refresh failed; using the access token while it lasts");
-                    return Ok(current);
-                }
-                Attempt::Transient(e) => return Err(AccessError::Provider(e)),
-                Attempt::Changed | Attempt::Skipped => continue,
+                Flight::Done
+            }
+            // Refreshed since, or claimed by another instance: the caller reads the row again.
+            Ok(None) => Flight::Busy,
+            Err(e) => {
+                tracing::warn!(error = %e, %token_id, "Could not claim a token for refresh");
+                Flight::Done
             }
         }
     }
@@ -143,5 +185,19 @@ impl Refresher {
             return Err(AccessError::NeedsLogin);
         }
         Ok(tokens)
+    }
+}
+
+/// The page stops waiting: the access token while it lasts, else "unavailable, retrying".
+fn give_up(
+    current: StoredTokens,
+    still_valid: impl Fn(&StoredTokens) -> bool,
+) -> Result<StoredTokens, AccessError> {
+    if still_valid(&current) {
+        Ok(current)
+    } else {
+        Err(AccessError::Provider(OidcError::Unavailable(
+            "the token's refresh is still under way".into(),
+        )))
     }
 }

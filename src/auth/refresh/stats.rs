@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::IntCounterVec;
+use prometheus::{Histogram, IntCounterVec};
 use sqlx::PgPool;
 
 use crate::activity::{self, ActivityEvent};
@@ -19,14 +19,17 @@ pub enum Outcome {
     InvalidGrant,
     /// `invalid_grant`, but the row already held a newer refresh token (another instance won).
     RaceRecovered,
+    /// Sent but never answered: the refresh token may be spent and was dropped.
+    NoAnswer,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Ok,
         Outcome::TransientFailure,
         Outcome::InvalidGrant,
         Outcome::RaceRecovered,
+        Outcome::NoAnswer,
     ];
 
     /// The outcome's label on `token_refreshes_total`.
@@ -36,6 +39,7 @@ impl Outcome {
             Outcome::TransientFailure => "transient_failure",
             Outcome::InvalidGrant => "invalid_grant",
             Outcome::RaceRecovered => "race_recovered",
+            Outcome::NoAnswer => "no_answer",
         }
     }
 
@@ -46,21 +50,39 @@ impl Outcome {
             Outcome::TransientFailure => ActivityEvent::RefreshTransientFailure,
             Outcome::InvalidGrant => ActivityEvent::RefreshInvalidGrant,
             Outcome::RaceRecovered => ActivityEvent::RefreshRaceRecovered,
+            // A failure, as far as the dashboard's counts go.
+            Outcome::NoAnswer => ActivityEvent::RefreshTransientFailure,
         }
     }
 }
 
+/// The Prometheus series the refresher feeds.
+#[derive(Clone)]
+pub struct RefreshMetrics {
+    /// `token_refreshes_total{outcome}`.
+    pub outcomes: IntCounterVec,
+    /// `refresh_write_seconds`: from the provider's answer to its committed write, the
+    /// window in which a crash would lose a rotated refresh token.
+    pub write_seconds: Histogram,
+}
+
 pub struct RefreshStats {
     total: IntCounterVec,
-    unflushed: [AtomicU64; 4],
+    write_seconds: Histogram,
+    unflushed: [AtomicU64; Outcome::ALL.len()],
 }
 
 impl RefreshStats {
-    pub(super) fn new(total: IntCounterVec) -> Self {
+    pub(super) fn new(metrics: RefreshMetrics) -> Self {
         Self {
-            total,
+            total: metrics.outcomes,
+            write_seconds: metrics.write_seconds,
             unflushed: Default::default(),
         }
+    }
+
+    pub(super) fn observe_write(&self, took: std::time::Duration) {
+        self.write_seconds.observe(took.as_secs_f64());
     }
 
     pub(super) fn record(&self, outcome: Outcome) {

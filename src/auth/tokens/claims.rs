@@ -25,7 +25,8 @@ pub(super) use due_tokens;
 /// What a claim returns: the columns of [`Claimed`] (`t` the token row, `u` its user).
 macro_rules! claimed_row {
     () => {
-        "RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count"
+        "RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count,
+                   t.refresh_rotates"
     };
 }
 
@@ -62,6 +63,8 @@ pub struct Claimed {
     /// Still sealed: decrypted only by the caller that uses it.
     pub refresh_token: Vec<u8>,
     pub failure_count: i32,
+    /// Whether the provider rotates this login's refresh token (`None`: not known yet).
+    pub refresh_rotates: Option<bool>,
 }
 
 /// Claims up to `batch` due tokens (expiring within `lead_secs`) for `lease_secs`.
@@ -130,6 +133,53 @@ pub(crate) async fn release(
     Ok(())
 }
 
+/// Extends `claim` on the row by `lease_secs`, if it is still ours and has not lapsed: called
+/// before a call starts and every third of a lease while it runs. `false`: the claim is lost
+/// (another instance may hold the row now), so no call may be made with it.
+pub(crate) async fn renew(
+    pool: &PgPool,
+    token_id: Uuid,
+    claim: Uuid,
+    lease_secs: u64,
+) -> Result<bool, sqlx::Error> {
+    let renewed = sqlx::query(
+        r#"
+        UPDATE oauth_tokens SET refresh_claimed_until = now() + make_interval(secs => $3)
+        WHERE token_id = $1 AND refresh_claim = $2 AND refresh_claimed_until > now()
+        "#,
+    )
+    .bind(token_id)
+    .bind(claim)
+    .bind(lease_secs as f64)
+    .execute(pool)
+    .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// The refresh was sent but its answer never came: a rotating provider may have spent the
+/// refresh token, and sending it again would look like a stolen token being replayed (the
+/// provider would revoke the whole grant). The token is dropped, unless the row has moved on;
+/// the access token serves until it expires, then the shopper logs in again.
+pub(crate) async fn drop_refresh_token(
+    pool: &PgPool,
+    row: &Claimed,
+    claim: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        r#"
+        UPDATE oauth_tokens
+        SET refresh_token = NULL, refresh_claim = NULL, refresh_claimed_until = NULL
+        WHERE token_id = $1 AND refresh_claim = $2 AND refresh_token = $3
+        "#,
+    )
+    .bind(row.token_id)
+    .bind(claim)
+    .bind(&row.refresh_token)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A transient failure: `retrying`, one more failure, no attempt before `backoff` has passed,
 /// and the claim released.
 pub(crate) async fn record_failure(
@@ -156,17 +206,20 @@ pub(crate) async fn record_failure(
     Ok(())
 }
 
-/// Stores refreshed tokens if `claim` still holds the row. An answer without a new refresh
-/// token keeps the old one; groups from a refreshed ID token update the user (so a removed
-/// admin loses access without logging out). Returns the new expiry, or `None` if the claim
-/// was lost.
+/// Stores refreshed tokens if `claim` still holds the row, or if the row still holds the
+/// refresh token that was sent (a late answer whose claim has lapsed is still the newest one
+/// there is). An answer without a new refresh token keeps the old one and records that the
+/// provider does not rotate; groups from a refreshed ID token update the user (so a removed
+/// admin loses access without logging out). Returns the new expiry, or `None` if the row has
+/// moved on.
 pub(crate) async fn save_refreshed(
     pool: &PgPool,
     cipher: &TokenCipher,
-    token_id: Uuid,
+    row: &Claimed,
     claim: Uuid,
     refreshed: &Refreshed,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let token_id = row.token_id;
     let sealed = seal(cipher, token_id, &refreshed.tokens);
     let expires_at = expiry(&refreshed.tokens);
     let groups = refreshed
@@ -179,11 +232,12 @@ pub(crate) async fn save_refreshed(
             UPDATE oauth_tokens
             SET key_id = $3, access_token = $4,
                 refresh_token = COALESCE($5, refresh_token),
+                refresh_rotates = ($5::bytea IS NOT NULL),
                 id_token = COALESCE($6, id_token),
                 access_expires_at = $7, refresh_status = $9, failure_count = 0,
                 next_attempt_at = NULL, refresh_claim = NULL, refresh_claimed_until = NULL,
                 last_refreshed_at = now()
-            WHERE token_id = $1 AND refresh_claim = $2
+            WHERE token_id = $1 AND (refresh_claim = $2 OR refresh_token = $10)
             RETURNING user_id
         ), regrouped AS (
             UPDATE users u SET groups = $8
@@ -203,6 +257,7 @@ pub(crate) async fn save_refreshed(
     .bind(expires_at)
     .bind(groups)
     .bind(RefreshStatus::Ok)
+    .bind(&row.refresh_token)
     .fetch_one(pool)
     .await?;
     Ok((saved == 1).then_some(expires_at))

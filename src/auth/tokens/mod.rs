@@ -17,8 +17,8 @@ pub use logins::{
 };
 
 pub(crate) use claims::{
-    claim_due, claim_expired, mark_needs_login, mark_refused, record_failure, release,
-    save_refreshed,
+    claim_due, claim_expired, drop_refresh_token, mark_needs_login, mark_refused, record_failure,
+    release, renew, save_refreshed,
 };
 
 use std::time::Duration;

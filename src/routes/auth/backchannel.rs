@@ -30,7 +30,7 @@ pub async fn backchannel_logout(
     };
     let (sub, sid) = match state.oidc.verify_logout_token(&raw).await {
         Ok(names) => names,
-        Err(OidcError::Unavailable(_)) => {
+        Err(OidcError::Unavailable(_) | OidcError::NoAnswer(_)) => {
             return HttpResponse::ServiceUnavailable()
                 .insert_header(("Retry-After", "5"))
                 .json(json!({ "error": "temporarily_unavailable" }));

@@ -11,7 +11,7 @@ use crate::error::AppError;
 pub fn provider_error(err: OidcError) -> AppError {
     tracing::warn!(error = %err, "Identity provider call failed");
     match err {
-        OidcError::Unavailable(_) => AppError::Unavailable(
+        OidcError::Unavailable(_) | OidcError::NoAnswer(_) => AppError::Unavailable(
             "Sign-in is temporarily unavailable: the identity provider did not answer. Please try again in a moment.".into(),
         ),
         OidcError::Refused { .. } => AppError::BadRequest(
