@@ -87,9 +87,23 @@ pub struct FakeIdp {
 
 impl FakeIdp {
     pub async fn start() -> FakeIdp {
-        LazyLock::force(&KEYS);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        Self::start_on(listener, issuer).await
+    }
+
+    /// A provider reached only through a [`TcpProxy`]: its issuer (and so every endpoint it
+    /// announces) is the proxy's address, so the test can slow down or cut every call.
+    pub async fn start_behind_proxy() -> (FakeIdp, crate::helpers::TcpProxy) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = crate::helpers::TcpProxy::start("127.0.0.1", port).await;
+        let issuer = format!("http://127.0.0.1:{}", proxy.port());
+        (Self::start_on(listener, issuer).await, proxy)
+    }
+
+    async fn start_on(listener: TcpListener, issuer: String) -> FakeIdp {
+        LazyLock::force(&KEYS);
         let state = Arc::new(Mutex::new(State {
             published: vec![0],
             codes: HashMap::new(),

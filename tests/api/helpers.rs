@@ -1,5 +1,8 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -416,21 +419,65 @@ pub fn assert_found(response: &reqwest::Response, expected: &str) {
     assert_eq!(location(response), expected);
 }
 
-/// A TCP proxy in front of Postgres that a test can take down and bring back, to simulate
-/// an outage without touching the shared server.
+/// A TCP proxy that a test can take down and bring back, and slow down in either direction:
+/// in front of Postgres to simulate an outage without touching the shared server, in front of
+/// the provider to delay its answers (it has acted, the answer arrives late) or the requests
+/// themselves (a request whose sender dies while it is held never reaches the provider).
 pub struct TcpProxy {
     port: u16,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    generation: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    down: Arc<AtomicBool>,
+    generation: Arc<AtomicUsize>,
+    request_delay_ms: Arc<AtomicU64>,
+    response_delay_ms: Arc<AtomicU64>,
+}
+
+/// Copies `from` to `to`, holding each chunk for the current delay. While a chunk is held, a
+/// sender that closes its side makes the whole chunk vanish.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut held = chunk[..n].to_vec();
+        let delay = delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            let until = tokio::time::Instant::now() + Duration::from_millis(delay);
+            loop {
+                let mut more = vec![0u8; 16 * 1024];
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    read = from.read(&mut more) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(m) => held.extend_from_slice(&more[..m]),
+                    },
+                }
+            }
+        }
+        if to.write_all(&held).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl TcpProxy {
     pub async fn start(host: &str, port: u16) -> TcpProxy {
-        use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let local = listener.local_addr().unwrap().port();
-        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let generation = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let proxy = TcpProxy {
+            port: local,
+            down: Default::default(),
+            generation: Default::default(),
+            request_delay_ms: Default::default(),
+            response_delay_ms: Default::default(),
+        };
         let target = format!(
             "{}:{port}",
             if host.starts_with('/') {
@@ -439,37 +486,44 @@ impl TcpProxy {
                 host
             }
         );
-        let (d, g) = (down.clone(), generation.clone());
+        let (d, g) = (proxy.down.clone(), proxy.generation.clone());
+        let (up, back) = (
+            proxy.request_delay_ms.clone(),
+            proxy.response_delay_ms.clone(),
+        );
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if d.load(Ordering::SeqCst) {
                     continue; // dropped: connection refused-ish
                 }
                 let target = target.clone();
-                let (d, g) = (d.clone(), g.clone());
+                let (d, g, up, back) = (d.clone(), g.clone(), up.clone(), back.clone());
                 let born = g.load(Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
-                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let (client_read, client_write) = inbound.into_split();
+                    let (server_read, server_write) = outbound.into_split();
+                    let copy = async {
+                        tokio::join!(
+                            pipe(client_read, server_write, up),
+                            pipe(server_read, client_write, back)
+                        )
+                    };
                     let watch = async {
                         while !d.load(Ordering::SeqCst) && g.load(Ordering::SeqCst) == born {
-                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     };
                     tokio::select! { _ = copy => {}, _ = watch => {} }
                 });
             }
         });
-        TcpProxy {
-            port: local,
-            down,
-            generation,
-        }
+        proxy
     }
 
     pub fn port(&self) -> u16 {
@@ -478,8 +532,19 @@ impl TcpProxy {
 
     /// Down: open connections are cut and new ones are closed at once.
     pub fn set_down(&self, down: bool) {
-        use std::sync::atomic::Ordering;
         self.down.store(down, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Holds what clients send for `delay` before passing it on.
+    pub fn delay_requests(&self, delay: Duration) {
+        self.request_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Holds what the server answers for `delay` before passing it on.
+    pub fn delay_responses(&self, delay: Duration) {
+        self.response_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 }

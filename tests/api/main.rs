@@ -14,6 +14,7 @@ mod properties;
 mod provider_login;
 mod real_idp;
 mod refresh;
+mod rotation;
 mod sessions;
 mod shop;
 mod shutdown;

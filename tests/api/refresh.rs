@@ -18,7 +18,7 @@ use crate::helpers::{
 };
 
 /// Runs the app's background refresher until the returned token is cancelled.
-fn start_refresher(app: &TestApp) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+pub(crate) fn start_refresher(app: &TestApp) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
     let task = tokio::spawn(app.state.refresher.clone().run_until_stopped(stop.clone()));
     (stop, task)
@@ -39,7 +39,7 @@ async fn expire_access_tokens(pool: &PgPool) {
 }
 
 /// Polls `check` every 100 ms until it holds or `within` passes.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
