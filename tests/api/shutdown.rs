@@ -4,12 +4,15 @@
 use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::fake_idp::{CLIENT_ID, CLIENT_SECRET, FakeIdp, TokenEndpoint};
-use crate::helpers::{browser_client, config_dir, random_b64, state_and_nonce};
+use crate::helpers::{
+    TestLogin, browser_client, config_dir, random_b64, spawn_app_with_idp, state_and_nonce,
+};
 
 fn database_url(db: &PgConnectOptions) -> String {
     format!(
@@ -136,4 +139,288 @@ async fn sigterm_drains_the_request_in_flight_and_stops_cleanly(
         client.get(format!("{base}/health")).send().await.is_err(),
         "no longer accepting"
     );
+}
+
+/// The real binary as another instance of `app`'s deployment (same database, keys and
+/// provider), with its background refresher on.
+async fn spawn_instance(
+    db: &PgConnectOptions,
+    issuer: &str,
+    secrets: &Secrets,
+    env: &[(&str, &str)],
+) -> Instance {
+    let root = config_dir().join("..");
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_storefront"))
+        .arg("serve")
+        .env("STOREFRONT_CONFIG_DIR", config_dir())
+        .env("STOREFRONT_ENV", "test")
+        .env("RUST_LOG", "info")
+        .env("DATABASE_URL", database_url(db))
+        .env("STOREFRONT__SERVER__PORT", port.to_string())
+        .env(
+            "STOREFRONT__SERVER__PUBLIC_URL",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("STOREFRONT__SERVER__TEMPLATES_DIR", root.join("templates"))
+        .env("STOREFRONT__SERVER__STATIC_DIR", root.join("static"))
+        .env("STOREFRONT__OIDC__ISSUER_URL", issuer)
+        .env("STOREFRONT__OIDC__CLIENT_ID", CLIENT_ID)
+        .env("STOREFRONT__OIDC__CLIENT_SECRET", CLIENT_SECRET)
+        .env("STOREFRONT__SESSION__SECRET_KEY", &secrets.session)
+        .env("STOREFRONT__TOKENS__ENCRYPTION_KEY", &secrets.tokens)
+        .env("STOREFRONT__REFRESH__ENABLED", "true")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child = Instance(child);
+    // Up, and its provider discovered.
+    let client = browser_client();
+    until(
+        Duration::from_secs(20),
+        "the binary is ready",
+        async || match client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+        {
+            Ok(r) => r
+                .json::<serde_json::Value>()
+                .await
+                .is_ok_and(|h| h["identity_provider"] == "ok"),
+            Err(_) => false,
+        },
+    )
+    .await;
+    child
+}
+
+/// A running binary, killed if the test ends (or fails) before it exits.
+struct Instance(std::process::Child);
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The keys an in-process app and a binary share.
+struct Secrets {
+    session: String,
+    tokens: String,
+}
+
+impl Secrets {
+    fn new() -> Self {
+        Self {
+            session: random_b64(64),
+            tokens: random_b64(32),
+        }
+    }
+
+    fn apply(&self, s: &mut storefront::configuration::Settings) {
+        s.session.secret_key = serde_json::from_value(serde_json::json!(self.session)).unwrap();
+        s.tokens.encryption_key = serde_json::from_value(serde_json::json!(self.tokens)).unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for `child` to exit (failing after `within`); returns its status and output.
+async fn exit_of(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let exited_by = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < exited_by,
+            "the binary exits within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut output = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    (status, output)
+}
+
+async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn until(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test]
+async fn sigterm_mid_refresh_writes_the_answers_releases_the_rest_and_exits_promptly(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let (idp, proxy) = FakeIdp::start_behind_proxy().await;
+    let secrets = Secrets::new();
+    let app = spawn_app_with_idp(opts, db.clone(), idp.clone(), |s| secrets.apply(s)).await;
+    let mut child = spawn_instance(&db, &idp.issuer, &secrets, &[]).await;
+    // The provider acts at once; its answers take 2 s to come back.
+    proxy.delay_responses(Duration::from_secs(2));
+    let mut tx = app.pool.begin().await.unwrap();
+    for i in 0..5 {
+        let sub = format!("user{i}");
+        TestLogin::new(&sub)
+            .refresh_token(idp.issue_refresh_token(&sub))
+            .expires_in(Duration::from_secs(1))
+            .insert(&app, &mut tx)
+            .await;
+    }
+    tx.commit().await.unwrap();
+    until(
+        Duration::from_secs(20),
+        "the refreshes are sent",
+        async || idp.refresh_calls.load(Ordering::SeqCst) == 5,
+    )
+    .await;
+    let term = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let signalled = Instant::now();
+    let (status, output) = exit_of(&mut child.0, Duration::from_secs(5)).await;
+    println!("exited {:.2?} after SIGTERM", signalled.elapsed());
+    assert!(status.success(), "exit status {status:?}\n{output}");
+    assert!(!output.contains("being shutdown"), "{output}");
+    assert!(!output.contains("Refresh not recorded"), "{output}");
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM oauth_tokens WHERE access_expires_at > now() + interval '1 minute' AND refresh_status = 'ok'").await,
+        5,
+        "every answer written"
+    );
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM oauth_tokens WHERE refresh_claim IS NOT NULL"
+        )
+        .await,
+        0,
+        "no claim left behind"
+    );
+    assert_eq!(idp.reuses.load(Ordering::SeqCst), 0);
+}
+
+#[sqlx::test]
+async fn kill_9_mid_call_lets_the_claim_lapse_within_the_lease_and_the_next_page_answers_fast(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let (idp, proxy) = FakeIdp::start_behind_proxy().await;
+    let secrets = Secrets::new();
+    let app = spawn_app_with_idp(opts, db.clone(), idp.clone(), |s| secrets.apply(s)).await;
+    app.login_as("alice").await;
+    let mut child = spawn_instance(
+        &db,
+        &idp.issuer,
+        &secrets,
+        &[
+            ("STOREFRONT__REFRESH__CALL_TIMEOUT_SECS", "20"),
+            ("STOREFRONT__REFRESH__LEAD_SECS", "25"),
+        ],
+    )
+    .await;
+    // The refresh request is held on its way to the provider, so the instance dies mid-call.
+    proxy.delay_requests(Duration::from_secs(30));
+    sqlx::query("UPDATE oauth_tokens SET access_expires_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    until(
+        Duration::from_secs(20),
+        "the instance claims the token",
+        async || {
+            count(
+                &app.pool,
+                "SELECT count(*) FROM oauth_tokens WHERE refresh_claim IS NOT NULL",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    // Its claim is renewed while the call runs: one lease (2 s) is never the limit of a call.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM oauth_tokens WHERE refresh_claimed_until > now()"
+        )
+        .await,
+        1,
+        "the claim is kept alive during a long call"
+    );
+    child.0.kill().unwrap();
+    let killed = Instant::now();
+    let _ = child.0.wait();
+    proxy.delay_requests(Duration::ZERO);
+    until(
+        Duration::from_secs(5),
+        "the dead instance's claim lapses",
+        async || {
+            count(
+                &app.pool,
+                "SELECT count(*) FROM oauth_tokens WHERE refresh_claimed_until > now()",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
+    let lapsed = killed.elapsed();
+    println!("claim lapsed {lapsed:.2?} after kill -9");
+    assert!(
+        lapsed < Duration::from_millis(2500),
+        "within the 2 s lease: {lapsed:?}"
+    );
+
+    let asked = Instant::now();
+    let page = app.get("/profile").await;
+    let answered = asked.elapsed();
+    println!("next page answered in {answered:.2?}");
+    assert_eq!(
+        page.status().as_u16(),
+        200,
+        "the held request never reached the provider"
+    );
+    assert!(answered < Duration::from_secs(3), "{answered:?}");
+    assert_eq!(
+        idp.refresh_calls.load(Ordering::SeqCst),
+        1,
+        "only the survivor's call"
+    );
+    assert_eq!(idp.reuses.load(Ordering::SeqCst), 0);
 }
