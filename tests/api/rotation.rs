@@ -203,8 +203,8 @@ async fn three_instances_and_a_thousand_tokens_with_a_slow_provider_send_no_toke
                 .get_histogram()
                 .get_bucket()
                 .iter()
-                .find(|b| b.get_upper_bound() >= limit)
-                .map_or(0, |b| b.get_cumulative_count())
+                .find(|b| b.upper_bound() >= limit)
+                .map_or(0, |b| b.cumulative_count())
         };
         println!(
             "instance {i}: {} writes, mean {:.2} ms, {} under 5 ms, {} under 25 ms, {} under 100 ms",
