@@ -21,12 +21,11 @@ use storefront::auth::tokens::CLAIM_DUE_TOKENS;
 use support::{env_usize, fill, fresh_database, millis, percentile, start_stack, time_claims};
 use tokio_util::sync::CancellationToken;
 
-async fn claim_query(pool: &PgPool, lead_secs: f64, batch: i64, due: usize) -> anyhow::Result<()> {
+async fn claim_query(pool: &PgPool, batch: i64, due: usize) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     let plan: Vec<String> = {
         let mut tx = conn.begin().await?;
         let plan = sqlx::query_scalar(&format!("EXPLAIN (ANALYZE, BUFFERS) {CLAIM_DUE_TOKENS}"))
-            .bind(lead_secs)
             .bind(batch)
             .bind(uuid::Uuid::new_v4())
             .bind(60.0)
@@ -40,7 +39,7 @@ async fn claim_query(pool: &PgPool, lead_secs: f64, batch: i64, due: usize) -> a
         println!("  {line}");
     }
     let expected = due.min(batch as usize);
-    let times = time_claims(pool, lead_secs, batch, expected, 50).await?;
+    let times = time_claims(pool, batch, expected, 50).await?;
     println!(
         "claim statement, {} runs, client-side incl. round trip: p50 {:.2} ms, p99 {:.2} ms",
         times.len(),
@@ -90,13 +89,7 @@ async fn run() -> anyhow::Result<()> {
         .await?;
     println!("oauth_tokens rows: {total}, due: {logins}");
     let settings = &stack.settings;
-    claim_query(
-        &pool,
-        settings.refresh.lead_secs as f64,
-        settings.refresh.batch_size,
-        logins,
-    )
-    .await?;
+    claim_query(&pool, settings.refresh.batch_size, logins).await?;
 
     let stats_url = format!("{}/_test", stack.issuer);
     let http = reqwest::Client::new();

@@ -142,12 +142,9 @@ impl Metrics {
 
     /// The text exposition, after reading the database gauges (skipped, and left at their
     /// last values, if Postgres does not answer within a second).
-    pub async fn render(&self, pool: &PgPool, lead_secs: u64) -> String {
+    pub async fn render(&self, pool: &PgPool) -> String {
         let counts = tokio::time::timeout(Duration::from_secs(1), async {
-            tokio::try_join!(
-                crate::session::count_logged_in(pool),
-                tokens::counts(pool, lead_secs)
-            )
+            tokio::try_join!(crate::session::count_logged_in(pool), tokens::counts(pool))
         })
         .await;
         match counts {

@@ -62,7 +62,7 @@ impl Application {
         }
         let cipher = Arc::new(TokenCipher::new(settings.tokens.keys()));
         let metrics = Arc::new(Metrics::new());
-        let background_pool = crate::db::background_pool(&pool, &settings.database);
+        let background_pool = crate::db::background_pool(&pool);
         let refresher = Arc::new(Refresher::new(
             RefresherPools {
                 requests: pool.clone(),

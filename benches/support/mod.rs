@@ -119,7 +119,6 @@ pub async fn fill(pool: &PgPool, n: usize) -> anyhow::Result<Duration> {
 /// returns the sorted times; every run must claim `expected` rows.
 pub async fn time_claims(
     pool: &PgPool,
-    lead_secs: f64,
     batch: i64,
     expected: usize,
     runs: usize,
@@ -130,7 +129,6 @@ pub async fn time_claims(
         let mut tx = conn.begin().await?;
         let started = Instant::now();
         let rows = sqlx::query(storefront::auth::tokens::CLAIM_DUE_TOKENS)
-            .bind(lead_secs)
             .bind(batch)
             .bind(uuid::Uuid::new_v4())
             .bind(60.0)

@@ -28,7 +28,7 @@ pub struct Overview {
 
 /// The dashboard's counts: sessions and activity in one statement, the token rows' health
 /// (from the token store) beside it.
-pub async fn overview(pool: &PgPool, lead_secs: u64) -> Result<Overview, sqlx::Error> {
+pub async fn overview(pool: &PgPool) -> Result<Overview, sqlx::Error> {
     let counts = sqlx::query_as::<_, Overview>(
         r#"
         SELECT
@@ -53,8 +53,7 @@ pub async fn overview(pool: &PgPool, lead_secs: u64) -> Result<Overview, sqlx::E
     .bind(ActivityEvent::Login)
     .bind(&ActivityEvent::REFRESHES_OK[..])
     .bind(&ActivityEvent::REFRESHES_FAILED[..]);
-    let (mut overview, tokens) =
-        tokio::try_join!(counts.fetch_one(pool), tokens::counts(pool, lead_secs))?;
+    let (mut overview, tokens) = tokio::try_join!(counts.fetch_one(pool), tokens::counts(pool))?;
     overview.retrying = tokens.retrying;
     overview.due_backlog = tokens.due_backlog;
     Ok(overview)

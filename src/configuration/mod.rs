@@ -8,7 +8,7 @@ mod sections;
 mod values;
 
 pub use sections::{
-    AdminSettings, DatabaseSettings, MetricsSettings, OidcSettings, RateLimitSettings,
+    AdminSettings, Cadence, DatabaseSettings, MetricsSettings, OidcSettings, RateLimitSettings,
     RefreshSettings, ServerSettings, SessionSettings, TokenKey, TokenSettings,
 };
 pub use values::{AesKey, CookieKey, LogFormat, PreviousKey};
@@ -255,6 +255,15 @@ impl Settings {
                 "refresh.interval_secs",
                 "refresh.batch_size, refresh.max_concurrency and refresh.max_per_sec must be positive",
             ));
+        }
+        if !(r.lead_fraction > 0.0 && r.lead_fraction < 1.0) {
+            return Err(invalid(
+                "refresh.lead_fraction",
+                "must be between 0 and 1 (exclusive)",
+            ));
+        }
+        if r.default_lifetime_secs == 0 {
+            return Err(invalid("refresh.default_lifetime_secs", "must be positive"));
         }
         if r.lease_secs < 2 {
             return Err(invalid(

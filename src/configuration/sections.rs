@@ -119,8 +119,14 @@ impl TokenSettings {
 /// The background token refresher and the cap on refresh traffic to the provider.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RefreshSettings {
-    /// Tokens expiring within this many seconds are refreshed ahead of time.
+    /// A token is refreshed once its remaining lifetime drops below the smaller of this and
+    /// `lead_fraction` of its lifetime.
     pub lead_secs: u64,
+    /// The share of a token's lifetime left when it is refreshed (0 < f < 1): with ½, a
+    /// 300 s token is refreshed 150 s before it expires, a 24 h one `lead_secs` before.
+    pub lead_fraction: f64,
+    /// The lifetime assumed when the provider does not say (`expires_in` missing).
+    pub default_lifetime_secs: u64,
     /// Seconds between the refresher's scans for due tokens.
     pub interval_secs: u64,
     pub enabled: bool,
@@ -144,12 +150,38 @@ pub struct RefreshSettings {
 }
 
 impl RefreshSettings {
+    /// When tokens written now fall due.
+    pub fn cadence(&self) -> Cadence {
+        Cadence {
+            lead: Duration::from_secs(self.lead_secs),
+            fraction: self.lead_fraction,
+            default_lifetime: Duration::from_secs(self.default_lifetime_secs),
+        }
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
     }
 
     pub fn call_timeout(&self) -> Duration {
         Duration::from_secs(self.call_timeout_secs)
+    }
+}
+
+/// The refresh cadence: how long before expiry a token of a given lifetime falls due.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    pub lead: Duration,
+    pub fraction: f64,
+    pub default_lifetime: Duration,
+}
+
+impl Cadence {
+    /// The lifetime of a token answered with `expires_in`, and how long before its expiry it
+    /// falls due: min(lead, lifetime × fraction).
+    pub fn schedule(&self, expires_in: Option<Duration>) -> (Duration, Duration) {
+        let lifetime = expires_in.unwrap_or(self.default_lifetime);
+        (lifetime, self.lead.min(lifetime.mul_f64(self.fraction)))
     }
 }
 
@@ -175,4 +207,36 @@ pub struct RateLimitSettings {
 pub struct MetricsSettings {
     /// When set, scrapes must send `Authorization: Bearer <token>`.
     pub token: Option<SecretString>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_falls_due_at_the_lead_or_the_fraction_of_its_lifetime_whichever_is_sooner() {
+        let cadence = Cadence {
+            lead: Duration::from_secs(300),
+            fraction: 0.5,
+            default_lifetime: Duration::from_secs(600),
+        };
+        let lead = |secs| {
+            cadence
+                .schedule(Some(Duration::from_secs(secs)))
+                .1
+                .as_secs()
+        };
+        assert_eq!(lead(30), 15, "a 30 s token at half-life");
+        assert_eq!(
+            lead(300),
+            150,
+            "Keycloak's default 300 s: not due the moment it is issued"
+        );
+        assert_eq!(lead(86_400), 300, "a day-long token 300 s ahead");
+        assert_eq!(
+            cadence.schedule(None),
+            (Duration::from_secs(600), Duration::from_secs(300)),
+            "no expires_in: the configured default lifetime"
+        );
+    }
 }

@@ -36,13 +36,14 @@ pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
         .connect_lazy_with(settings.connect_options()?))
 }
 
-/// A second, small pool to the same database for the background work (refresher, cleanup),
-/// whose connections are opened on the main runtime and so outlive the HTTP workers.
-pub fn background_pool(requests: &PgPool, settings: &DatabaseSettings) -> PgPool {
-    PgPoolOptions::new()
+/// A second, small pool to the same database, with the same options, for the background work
+/// (refresher, cleanup): its connections are opened on the main runtime and so outlive the
+/// HTTP workers.
+pub fn background_pool(requests: &PgPool) -> PgPool {
+    requests
+        .options()
+        .clone()
         .max_connections(BACKGROUND_CONNECTIONS)
-        .acquire_timeout(settings.acquire_timeout())
-        .test_before_acquire(true)
         .connect_lazy_with((*requests.connect_options()).clone())
 }
 

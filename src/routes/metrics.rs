@@ -26,10 +26,7 @@ pub async fn metrics(state: State, req: HttpRequest) -> HttpResponse {
                 .body("a bearer token is required\n");
         }
     }
-    let body = state
-        .metrics
-        .render(&state.pool, state.settings.refresh.lead_secs)
-        .await;
+    let body = state.metrics.render(&state.pool).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))

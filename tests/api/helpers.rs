@@ -339,6 +339,7 @@ impl TestLogin {
         let token_id = storefront::auth::tokens::insert_tokens(
             &mut *conn,
             &app.state.cipher,
+            &app.settings.refresh.cadence(),
             user_id,
             self.provider_sid.as_deref(),
             &tokens,

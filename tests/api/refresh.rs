@@ -144,7 +144,7 @@ async fn seed_logins(app: &TestApp, n: usize) {
         let sub = format!("user{i}");
         TestLogin::new(&sub)
             .refresh_token(app.idp.issue_refresh_token(&sub))
-            .expires_in(Duration::from_secs(1))
+            .expires_in(Duration::ZERO)
             .insert(app, &mut tx)
             .await;
     }
@@ -430,4 +430,26 @@ async fn invalid_grant_after_another_instance_refreshed_keeps_the_login(
     let stats = app.state.refresher.stats();
     assert_eq!(stats.total(Outcome::RaceRecovered), 1);
     assert_eq!(stats.total(Outcome::InvalidGrant), 0);
+}
+
+#[sqlx::test]
+async fn tokens_shorter_lived_than_the_lead_are_refreshed_about_once_per_lifetime(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    // Lead 300 s, tokens living 4 s: each is refreshed at half its lifetime, not every scan.
+    let app = spawn_app_with(opts, db, |s| s.refresh.lead_secs = 300).await;
+    app.idp.set_access_ttl(4);
+    app.login_as("alice").await;
+    let (stop, task) = start_refresher(&app);
+    let elapsed = Duration::from_secs(12);
+    tokio::time::sleep(elapsed).await;
+    stop.cancel();
+    task.await.unwrap();
+    let grants = app.idp.refresh_calls.load(Ordering::SeqCst);
+    // Every 2 s (half of 4 s) plus up to one 1 s scan: 4 to 6 grants in 12 s, where a due rule
+    // of "expires within 300 s" would refresh on every scan (12).
+    println!("{grants} refresh grants in {elapsed:?} with 4 s tokens");
+    assert!((4..=6).contains(&grants), "{grants} grants");
+    assert_eq!(app.get("/profile").await.status().as_u16(), 200);
 }

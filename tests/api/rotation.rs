@@ -78,7 +78,7 @@ async fn background_refreshes_answered_late_lose_no_login(
         let sub = format!("user{i}");
         TestLogin::new(&sub)
             .refresh_token(idp.issue_refresh_token(&sub))
-            .expires_in(Duration::from_secs(1))
+            .expires_in(Duration::ZERO)
             .insert(&app, &mut tx)
             .await;
     }
@@ -120,7 +120,7 @@ async fn a_refresh_never_answered_is_not_sent_again_with_a_rotating_token(
     let mut tx = app.pool.begin().await.unwrap();
     TestLogin::new("alice")
         .refresh_token(idp.issue_refresh_token("alice"))
-        .expires_in(Duration::from_secs(1))
+        .expires_in(Duration::ZERO)
         .insert(&app, &mut tx)
         .await;
     tx.commit().await.unwrap();
@@ -169,7 +169,7 @@ async fn three_instances_and_a_thousand_tokens_with_a_slow_provider_send_no_toke
         let sub = format!("user{i}");
         TestLogin::new(&sub)
             .refresh_token(idp.issue_refresh_token(&sub))
-            .expires_in(Duration::from_secs(1))
+            .expires_in(Duration::ZERO)
             .insert(&first, &mut tx)
             .await;
     }

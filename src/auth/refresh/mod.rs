@@ -166,7 +166,6 @@ impl Refresher {
         let claim = Uuid::new_v4();
         let rows = tokens::claim_due(
             &self.background,
-            self.settings.lead_secs,
             self.settings.batch_size,
             claim,
             self.settings.lease_secs,
@@ -321,8 +320,15 @@ impl Refresher {
     ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let give_up = Instant::now() + WRITE_RETRY_FOR;
         loop {
-            match tokens::save_refreshed(&self.background, &self.cipher, row, claim, refreshed)
-                .await
+            match tokens::save_refreshed(
+                &self.background,
+                &self.cipher,
+                &self.settings.cadence(),
+                row,
+                claim,
+                refreshed,
+            )
+            .await
             {
                 Err(e) if crate::db::is_unavailable(&e) && Instant::now() < give_up => {
                     tracing::warn!(error = %e, token_id = %row.token_id, "Cannot store a refresh yet; retrying");

@@ -6,17 +6,19 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{RefreshStatus, expiry, seal};
+use super::{RefreshStatus, schedule, seal};
 use crate::auth::oidc::Refreshed;
+use crate::configuration::Cadence;
 use crate::crypto::TokenCipher;
 
-/// Which tokens are due, as an SQL condition on `oauth_tokens`: refreshable, expiring within
-/// `$1` seconds, not backing off. The refresher claims these rows; [`super::counts`] counts
-/// the same ones.
+/// Which tokens are due, as an SQL condition on `oauth_tokens`: refreshable, past their
+/// `refresh_due_at` (set from each token's own lifetime when it was written), not backing off.
+/// The refresher claims these rows; [`super::counts`] counts the same ones. The status is a
+/// literal so that the planner can use the partial index that names it.
 macro_rules! due_tokens {
     () => {
         "refresh_token IS NOT NULL AND refresh_status <> 'needs_login'
-         AND access_expires_at < now() + make_interval(secs => $1)
+         AND refresh_due_at <= now()
          AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
     };
 }
@@ -30,7 +32,7 @@ macro_rules! claimed_row {
     };
 }
 
-/// Claims up to $2 tokens expiring within $1 seconds for claim id $3, for $4 seconds.
+/// Claims up to $1 due tokens for claim id $2, for $3 seconds.
 /// SKIP LOCKED: instances scanning at the same moment take disjoint rows instead of queueing
 /// on each other; the lease written into the row then keeps them disjoint afterwards.
 pub const CLAIM_DUE_TOKENS: &str = concat!(
@@ -41,13 +43,13 @@ pub const CLAIM_DUE_TOKENS: &str = concat!(
     due_tokens!(),
     "
           AND (refresh_claimed_until IS NULL OR refresh_claimed_until < now())
-        ORDER BY access_expires_at
-        LIMIT $2
+        ORDER BY refresh_due_at
+        LIMIT $1
         FOR UPDATE SKIP LOCKED
     )
     UPDATE oauth_tokens t
-    SET refresh_claim = $3,
-        refresh_claimed_until = now() + make_interval(secs => $4)
+    SET refresh_claim = $2,
+        refresh_claimed_until = now() + make_interval(secs => $3)
     FROM due, users u
     WHERE t.token_id = due.token_id AND u.user_id = t.user_id
     ",
@@ -67,16 +69,14 @@ pub struct Claimed {
     pub refresh_rotates: Option<bool>,
 }
 
-/// Claims up to `batch` due tokens (expiring within `lead_secs`) for `lease_secs`.
+/// Claims up to `batch` due tokens for `lease_secs`.
 pub(crate) async fn claim_due(
     pool: &PgPool,
-    lead_secs: u64,
     batch: i64,
     claim: Uuid,
     lease_secs: u64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     sqlx::query_as(CLAIM_DUE_TOKENS)
-        .bind(lead_secs as f64)
         .bind(batch)
         .bind(claim)
         .bind(lease_secs as f64)
@@ -215,13 +215,14 @@ pub(crate) async fn record_failure(
 pub(crate) async fn save_refreshed(
     pool: &PgPool,
     cipher: &TokenCipher,
+    cadence: &Cadence,
     row: &Claimed,
     claim: Uuid,
     refreshed: &Refreshed,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let token_id = row.token_id;
     let sealed = seal(cipher, token_id, &refreshed.tokens);
-    let expires_at = expiry(&refreshed.tokens);
+    let when = schedule(cadence, &refreshed.tokens);
     let groups = refreshed
         .claims
         .as_ref()
@@ -234,7 +235,7 @@ pub(crate) async fn save_refreshed(
                 refresh_token = COALESCE($5, refresh_token),
                 refresh_rotates = ($5::bytea IS NOT NULL),
                 id_token = COALESCE($6, id_token),
-                access_expires_at = $7, refresh_status = $9, failure_count = 0,
+                access_expires_at = $7, refresh_due_at = $11, refresh_status = $9, failure_count = 0,
                 next_attempt_at = NULL, refresh_claim = NULL, refresh_claimed_until = NULL,
                 last_refreshed_at = now()
             WHERE token_id = $1 AND (refresh_claim = $2 OR refresh_token = $10)
@@ -254,13 +255,14 @@ pub(crate) async fn save_refreshed(
     .bind(sealed.access)
     .bind(sealed.refresh)
     .bind(sealed.id)
-    .bind(expires_at)
+    .bind(when.expires_at)
     .bind(groups)
     .bind(RefreshStatus::Ok)
     .bind(&row.refresh_token)
+    .bind(when.due_at)
     .fetch_one(pool)
     .await?;
-    Ok((saved == 1).then_some(expires_at))
+    Ok((saved == 1).then_some(when.expires_at))
 }
 
 /// The provider refused `row`'s refresh token: marks the login `needs_login`, unless its

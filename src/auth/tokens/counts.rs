@@ -9,13 +9,13 @@ use super::claims::due_tokens;
 pub struct TokenCounts {
     /// Logins backing off after transient provider failures.
     pub retrying: i64,
-    /// Tokens within the refresh lead time and not backing off: the refresher's backlog.
+    /// Tokens past their refresh time and not backing off: the refresher's backlog.
     pub due_backlog: i64,
 }
 
-/// Both counts in one statement; `lead_secs` is the refresher's lead time. The statuses are
-/// literals so that the planner can use the partial indexes that name them.
-pub async fn counts(pool: &PgPool, lead_secs: u64) -> Result<TokenCounts, sqlx::Error> {
+/// Both counts in one statement. The statuses are literals so that the planner can use the
+/// partial indexes that name them.
+pub async fn counts(pool: &PgPool) -> Result<TokenCounts, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT
            (SELECT count(*) FROM oauth_tokens WHERE refresh_status = 'retrying') AS retrying,
@@ -23,7 +23,6 @@ pub async fn counts(pool: &PgPool, lead_secs: u64) -> Result<TokenCounts, sqlx::
         due_tokens!(),
         ") AS due_backlog"
     ))
-    .bind(lead_secs as f64)
     .fetch_one(pool)
     .await
 }

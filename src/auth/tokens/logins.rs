@@ -7,9 +7,10 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{StoredTokens, TokenRow, expiry, seal, token_row};
+use super::{StoredTokens, TokenRow, schedule, seal, token_row};
 use crate::activity::ActivityEvent;
 use crate::auth::oidc::{Login, Oidc, TokenSet};
+use crate::configuration::Cadence;
 use crate::crypto::TokenCipher;
 
 /// Upserts the user named by the verified claims, stores the login's tokens (encrypted) and
@@ -19,6 +20,7 @@ use crate::crypto::TokenCipher;
 pub async fn store_login(
     pool: &PgPool,
     cipher: &TokenCipher,
+    cadence: &Cadence,
     issuer: &str,
     login: &Login,
 ) -> Result<Uuid, sqlx::Error> {
@@ -36,6 +38,7 @@ pub async fn store_login(
         .unwrap_or_default();
     let token_id = Uuid::now_v7();
     let sealed = seal(cipher, token_id, &login.tokens);
+    let when = schedule(cadence, &login.tokens);
     let user_id: Uuid = sqlx::query_scalar(
         r#"
         WITH login_user AS (
@@ -48,8 +51,8 @@ pub async fn store_login(
         ), login_tokens AS (
             INSERT INTO oauth_tokens (token_id, user_id, provider_sid, key_id, access_token,
                                       refresh_token, id_token, access_expires_at,
-                                      last_refreshed_at)
-            SELECT $7, user_id, $8, $9, $10, $11, $12, $13, now() FROM login_user
+                                      refresh_due_at, last_refreshed_at)
+            SELECT $7, user_id, $8, $9, $10, $11, $12, $13, $15, now() FROM login_user
         ), counted AS (
             INSERT INTO activity_stats (minute, event, count)
             VALUES (date_trunc('minute', now()), $14, 1)
@@ -70,8 +73,9 @@ pub async fn store_login(
     .bind(sealed.access)
     .bind(sealed.refresh)
     .bind(sealed.id)
-    .bind(expiry(&login.tokens))
+    .bind(when.expires_at)
     .bind(ActivityEvent::Login)
+    .bind(when.due_at)
     .fetch_one(pool)
     .await?;
     tracing::Span::current().record("user_id", tracing::field::display(user_id));
@@ -84,17 +88,20 @@ pub async fn store_login(
 pub async fn insert_tokens(
     conn: impl sqlx::PgExecutor<'_>,
     cipher: &TokenCipher,
+    cadence: &Cadence,
     user_id: Uuid,
     provider_sid: Option<&str>,
     tokens: &TokenSet,
 ) -> Result<Uuid, sqlx::Error> {
     let token_id = Uuid::now_v7();
     let sealed = seal(cipher, token_id, tokens);
+    let when = schedule(cadence, tokens);
     sqlx::query(
         r#"
         INSERT INTO oauth_tokens (token_id, user_id, provider_sid, key_id, access_token,
-                                  refresh_token, id_token, access_expires_at, last_refreshed_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())
+                                  refresh_token, id_token, access_expires_at, refresh_due_at,
+                                  last_refreshed_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())
         "#,
     )
     .bind(token_id)
@@ -104,7 +111,8 @@ pub async fn insert_tokens(
     .bind(sealed.access)
     .bind(sealed.refresh)
     .bind(sealed.id)
-    .bind(expiry(tokens))
+    .bind(when.expires_at)
+    .bind(when.due_at)
     .execute(conn)
     .await?;
     Ok(token_id)

@@ -28,11 +28,9 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 use super::oidc::TokenSet;
+use crate::configuration::Cadence;
 use crate::crypto::{CipherError, TokenCipher};
 use crate::db::text_enum;
-
-/// When the provider does not say how long an access token lives.
-const DEFAULT_ACCESS_TTL: Duration = Duration::from_secs(300);
 
 text_enum! {
     /// Where a login's refresh stands (`oauth_tokens.refresh_status`).
@@ -91,10 +89,20 @@ pub(crate) fn seal(cipher: &TokenCipher, token_id: Uuid, tokens: &TokenSet) -> S
     }
 }
 
-/// When an access token issued now expires.
-pub(crate) fn expiry(tokens: &TokenSet) -> DateTime<Utc> {
-    let ttl = tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TTL);
-    Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::minutes(5))
+/// When an access token issued now expires, and when it falls due for refresh.
+pub(crate) struct Schedule {
+    pub expires_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+pub(crate) fn schedule(cadence: &Cadence, tokens: &TokenSet) -> Schedule {
+    let (lifetime, lead) = cadence.schedule(tokens.expires_in);
+    let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365));
+    let expires_at = Utc::now() + span(lifetime);
+    Schedule {
+        expires_at,
+        due_at: expires_at - span(lead),
+    }
 }
 
 pub(crate) fn decrypt_refresh_token(

@@ -19,7 +19,7 @@ struct DashboardPage {
 #[tracing::instrument(name = "Admin dashboard", skip_all)]
 pub async fn dashboard(state: State, session: TypedSession, _admin: Admin) -> Result<HttpResponse> {
     let (overview, hours) = tokio::try_join!(
-        admin::overview(&state.pool, state.settings.refresh.lead_secs),
+        admin::overview(&state.pool),
         admin::hourly_activity(&state.pool)
     )?;
     let layout = page_layout(&state, &session);

@@ -91,7 +91,14 @@ async fn complete_login(
         .with_label_values(&["token_exchange"])
         .observe(started.elapsed().as_secs_f64());
     let tokens = exchanged.map_err(provider_error)?;
-    let token_id = store_login(&state.pool, &state.cipher, state.oidc.issuer(), &tokens).await?;
+    let token_id = store_login(
+        &state.pool,
+        &state.cipher,
+        &state.settings.refresh.cadence(),
+        state.oidc.issuer(),
+        &tokens,
+    )
+    .await?;
     let client = ClientInfo {
         ip: crate::routes::client_ip(req),
         user_agent: req
