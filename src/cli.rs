@@ -24,6 +24,19 @@ pub enum Command {
     },
     /// Load the demo catalogue (idempotent).
     DemoData,
+    /// The keys that seal tokens at rest.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensAction {
+    /// How many logins each key seals, and whether previous keys can be retired.
+    Status,
+    /// Re-seal every token under the current key (`tokens.key_id`).
+    Rekey,
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,8 +2,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use storefront::cli::{Cli, Command, MigrateAction};
-use storefront::configuration::{ConfigError, DatabaseSettings, LogFormat, Settings, Sources};
+use storefront::auth::tokens;
+use storefront::cli::{Cli, Command, MigrateAction, TokensAction};
+use storefront::configuration::{
+    ConfigError, DatabaseSettings, KeysOnly, LogFormat, Settings, Sources,
+};
+use storefront::crypto::TokenCipher;
 use storefront::db::{self, migrations};
 use storefront::startup::Application;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +20,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => match sources.settings() {
             Ok(settings) => execute(settings.server.log_format, serve(settings)),
+            Err(e) => configuration_error(e),
+        },
+        Command::Tokens { action } => match sources.keys_only() {
+            Ok(only) => execute(only.server.log_format, tokens_command(action, only)),
             Err(e) => configuration_error(e),
         },
         command => match sources.database_only() {
@@ -55,7 +63,9 @@ fn execute(log_format: LogFormat, job: impl Future<Output = anyhow::Result<()>>)
 async fn database_command(command: Command, database: DatabaseSettings) -> anyhow::Result<()> {
     let pool = db::lazy_pool(&database).context("database.url")?;
     match command {
-        Command::Serve => unreachable!("main runs serve with every setting"),
+        Command::Serve | Command::Tokens { .. } => {
+            unreachable!("main runs these with their own settings")
+        }
         Command::Migrate { action: None } => {
             let applied = migrations::apply(&pool).await?;
             println!("applied {applied} migration(s); the schema is up to date");
@@ -83,6 +93,46 @@ async fn database_command(command: Command, database: DatabaseSettings) -> anyho
             let n = storefront::shop::demo::load(&pool).await?;
             println!("demo catalogue loaded: {n} products");
         }
+    }
+    Ok(())
+}
+
+async fn tokens_command(action: TokensAction, only: KeysOnly) -> anyhow::Result<()> {
+    let pool = db::lazy_pool(&only.database).context("database.url")?;
+    migrations::check_ready(&migrations::status(&pool).await?)?;
+    let cipher = TokenCipher::new(only.tokens.keys());
+    if let TokensAction::Rekey = action {
+        let report = tokens::rekey_all(&pool, &cipher, 500).await?;
+        println!(
+            "re-sealed {} login(s) under key {}; {} could not be read with the configured keys",
+            report.resealed,
+            cipher.current_key_id(),
+            report.unreadable
+        );
+    }
+    let usage = tokens::key_usage(&pool).await?;
+    for u in &usage {
+        let role = if u.key_id == only.tokens.key_id {
+            "current"
+        } else if only.tokens.previous_keys.iter().any(|k| k.id == u.key_id) {
+            "previous"
+        } else {
+            "not configured: these logins cannot be read"
+        };
+        println!("{:<12} {:>10} login(s)  {role}", u.key_id, u.logins);
+    }
+    let retired: Vec<&str> = only
+        .tokens
+        .previous_keys
+        .iter()
+        .map(|k| k.id.as_str())
+        .filter(|id| !usage.iter().any(|u| u.key_id == *id))
+        .collect();
+    if !retired.is_empty() {
+        println!(
+            "no login uses {}: remove it from tokens.previous_keys",
+            retired.join(", ")
+        );
     }
     Ok(())
 }

@@ -117,6 +117,7 @@ impl Application {
             tokio::spawn(async move { oidc.discover_until_ready(retry, discovery_stop).await }),
             tokio::spawn(crate::session::cleanup::run_until_stopped(
                 self.state.background_pool.clone(),
+                self.state.cipher.clone(),
                 Duration::from_secs(s.session.cleanup_interval_secs.max(1)),
                 s.session.cleanup_batch_size.max(1),
                 stop.clone(),

@@ -59,6 +59,14 @@ pub struct DatabaseOnly {
     pub server: LogSettings,
 }
 
+/// What the `tokens` commands need: the database and the keys.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KeysOnly {
+    pub database: DatabaseSettings,
+    pub tokens: TokenSettings,
+    pub server: LogSettings,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
     pub log_format: LogFormat,
@@ -161,6 +169,14 @@ impl Sources<'_> {
         Ok(settings)
     }
 
+    /// `[database]` and `[tokens]` (and the log format): what the `tokens` commands need.
+    pub fn keys_only(&self) -> Result<KeysOnly, ConfigError> {
+        let only: KeysOnly = self.builder()?.try_deserialize().map_err(naming_the_key)?;
+        only.database.validate()?;
+        only.tokens.validate()?;
+        Ok(only)
+    }
+
     /// Only `[database]` (and the log format): what the `migrate` and `demo-data` commands need.
     pub fn database_only(&self) -> Result<DatabaseOnly, ConfigError> {
         let only: DatabaseOnly = self.builder()?.try_deserialize().map_err(naming_the_key)?;
@@ -210,12 +226,7 @@ impl Settings {
     /// Checks what one value alone cannot: URL shapes, sane numbers, how values relate.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
-        if self.tokens.key_id.is_empty() || self.tokens.key_id.contains(':') {
-            return Err(invalid(
-                "tokens.key_id",
-                "must be non-empty and contain no `:`",
-            ));
-        }
+        self.tokens.validate()?;
         if !matches!(self.server.public_url.scheme(), "http" | "https") {
             return Err(invalid("server.public_url", "must be an http(s) URL"));
         }
@@ -315,6 +326,24 @@ impl DatabaseSettings {
         let url = self.url.expose_secret();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(invalid("database.url", "must be a postgres:// URL"));
+        }
+        Ok(())
+    }
+}
+
+impl TokenSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.key_id.is_empty() || self.key_id.contains(':') {
+            return Err(invalid(
+                "tokens.key_id",
+                "must be non-empty and contain no `:`",
+            ));
+        }
+        if self.previous_keys.iter().any(|k| k.id == self.key_id) {
+            return Err(invalid(
+                "tokens.previous_keys",
+                "must not name the current tokens.key_id",
+            ));
         }
         Ok(())
     }

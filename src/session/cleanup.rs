@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auth::tokens;
+use crate::crypto::TokenCipher;
 
 /// Arbitrary but fixed: the advisory lock key of the session cleanup.
 const CLEANUP_LOCK_KEY: i64 = 0x5e55_c1ea;
@@ -103,8 +106,11 @@ pub async fn delete_expired(pool: &PgPool, batch: i64) -> Result<CleanupReport, 
     }
 }
 
+/// Every `interval`: expired sessions, old activity counts, and tokens still sealed under a
+/// previous key (re-sealed under the current one), until `stop` is cancelled.
 pub async fn run_until_stopped(
     pool: PgPool,
+    cipher: Arc<TokenCipher>,
     interval: Duration,
     batch: i64,
     stop: CancellationToken,
@@ -130,5 +136,34 @@ pub async fn run_until_stopped(
         if let Err(e) = crate::activity::delete_old(&pool).await {
             tracing::warn!(error = %e, "Activity count cleanup failed; will retry");
         }
+        match tokens::rekey_all(&pool, &cipher, batch).await {
+            Ok(r) if r.resealed > 0 => report_keys(&pool, &cipher, r.resealed).await,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Re-sealing tokens failed; will retry"),
+        }
+    }
+}
+
+/// After a re-seal: which previous keys still seal tokens, and which can now be retired.
+async fn report_keys(pool: &PgPool, cipher: &TokenCipher, resealed: u64) {
+    let current = cipher.current_key_id();
+    match tokens::key_usage(pool).await {
+        Ok(usage) => {
+            let still: Vec<String> = usage
+                .iter()
+                .filter(|u| u.key_id != current)
+                .map(|u| format!("{} ({})", u.key_id, u.logins))
+                .collect();
+            if still.is_empty() {
+                tracing::info!(
+                    resealed,
+                    key_id = current,
+                    "Tokens re-sealed; no token uses a previous key any more, so tokens.previous_keys can be emptied"
+                );
+            } else {
+                tracing::info!(resealed, key_id = current, still = %still.join(", "), "Tokens re-sealed; some still use previous keys");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "Could not count tokens per key"),
     }
 }

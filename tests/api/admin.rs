@@ -10,17 +10,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 use crate::helpers::TestLogin;
-use crate::helpers::{TestApp, assert_redirect_to, browser_client, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, assert_redirect_to, spawn_app, spawn_app_with};
 
 fn as_admin(claims: &mut Value) {
     claims["groups"] = json!(["customers", "admins"]);
 }
 
-/// The same app, seen from another browser.
 fn other_browser(app: &TestApp) -> TestApp {
-    let mut other = app.clone();
-    other.client = browser_client();
-    other
+    app.other_browser()
 }
 
 #[sqlx::test]

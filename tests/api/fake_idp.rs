@@ -69,6 +69,10 @@ struct State {
     refresh_groups: HashMap<String, Vec<String>>,
     /// Every endpoint answers 503 (the whole provider is down).
     down: bool,
+    /// Refresh answers carry a new refresh token and spend the old one (Okta, Auth0,
+    /// Keycloak with rotation); off, they carry none and the old one stays valid (Google,
+    /// Entra ID by default).
+    rotation: bool,
 }
 
 #[derive(Clone)]
@@ -116,6 +120,7 @@ impl FakeIdp {
             secret_post_only: false,
             refresh_groups: HashMap::new(),
             down: false,
+            rotation: true,
         }));
         let idp = FakeIdp {
             issuer: issuer.clone(),
@@ -241,6 +246,10 @@ impl FakeIdp {
             sub.to_owned(),
             groups.iter().map(|g| (*g).to_owned()).collect(),
         );
+    }
+
+    pub fn set_rotation(&self, rotation: bool) {
+        self.state.lock().unwrap().rotation = rotation;
     }
 
     pub fn set_access_ttl(&self, secs: u64) {
@@ -442,7 +451,9 @@ async fn token(
                 }
                 return oauth_error("invalid_grant");
             }
-            state.refresh_tokens.insert(presented, (sub.clone(), false));
+            if state.rotation {
+                state.refresh_tokens.insert(presented, (sub.clone(), false));
+            }
             let now = chrono::Utc::now().timestamp();
             let mut claims = json!({
                 "iss": ctx.issuer, "aud": CLIENT_ID, "sub": sub, "iat": now, "exp": now + 300,
@@ -455,13 +466,17 @@ async fn token(
         _ => return oauth_error("unsupported_grant_type"),
     };
     let access = format!("at-{}", uuid::Uuid::new_v4());
-    let refresh = format!("rt-{}", uuid::Uuid::new_v4());
     state.access_tokens.insert(access.clone(), sub.clone());
-    state.refresh_tokens.insert(refresh.clone(), (sub, true));
-    HttpResponse::Ok().json(json!({
-        "access_token": access, "token_type": "Bearer", "expires_in": ttl,
-        "refresh_token": refresh, "id_token": id_token,
-    }))
+    let refreshing = form.get("grant_type").map(String::as_str) == Some("refresh_token");
+    let mut answer = json!({
+        "access_token": access, "token_type": "Bearer", "expires_in": ttl, "id_token": id_token,
+    });
+    if state.rotation || !refreshing {
+        let refresh = format!("rt-{}", uuid::Uuid::new_v4());
+        state.refresh_tokens.insert(refresh.clone(), (sub, true));
+        answer["refresh_token"] = json!(refresh);
+    }
+    HttpResponse::Ok().json(answer)
 }
 
 async fn userinfo(ctx: web::Data<Ctx>, req: HttpRequest) -> HttpResponse {

@@ -134,6 +134,13 @@ pub async fn spawn_on(
 }
 
 impl TestApp {
+    /// The same app, seen from another browser (a cookie jar of its own).
+    pub fn other_browser(&self) -> TestApp {
+        let mut other = self.clone();
+        other.client = browser_client();
+        other
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

@@ -453,3 +453,124 @@ async fn tokens_shorter_lived_than_the_lead_are_refreshed_about_once_per_lifetim
     assert!((4..=6).contains(&grants), "{grants} grants");
     assert_eq!(app.get("/profile").await.status().as_u16(), 200);
 }
+
+/// A token key as configuration holds it.
+fn aes_key(b64: &str) -> storefront::configuration::AesKey {
+    serde_json::from_value(serde_json::json!(b64)).unwrap()
+}
+
+#[sqlx::test]
+async fn tokens_survive_key_rotation_with_a_provider_that_keeps_its_refresh_token(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let (k1, k2) = (
+        crate::helpers::random_b64(32),
+        crate::helpers::random_b64(32),
+    );
+    let idp = FakeIdp::start().await;
+    idp.set_rotation(false);
+    let old = spawn_app_with_idp(opts.clone(), db.clone(), idp.clone(), |s| {
+        s.tokens.encryption_key = aes_key(&k1);
+    })
+    .await;
+    old.login_as("alice").await;
+    let bob = old.other_browser();
+    bob.login_as("bob").await;
+
+    // Rotated: k2 seals, k1 still opens.
+    let rotated = spawn_app_with_idp(opts.clone(), db.clone(), idp.clone(), |s| {
+        same_secrets(s, &old);
+        s.tokens.key_id = "k2".into();
+        s.tokens.encryption_key = aes_key(&k2);
+        s.tokens.previous_keys =
+            vec![serde_json::from_value(serde_json::json!(format!("k1:{k1}"))).unwrap()];
+    })
+    .await;
+    // A refresh that returns no refresh token re-seals the one kept, under k2.
+    sqlx::query("UPDATE oauth_tokens SET access_expires_at = now()")
+        .execute(&old.pool)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    assert_eq!(rotated.state.refresher.refresh_due(&stop).await.unwrap(), 2);
+    assert_eq!(rotated.state.refresher.stats().total(Outcome::Ok), 2);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT DISTINCT key_id FROM oauth_tokens")
+        .fetch_all(&old.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["k2"]);
+
+    // With k1 retired, both logins still refresh, and logging out revokes at the provider.
+    let retired = spawn_app_with_idp(opts, db, idp.clone(), |s| {
+        same_secrets(s, &old);
+        s.tokens.key_id = "k2".into();
+        s.tokens.encryption_key = aes_key(&k2);
+        s.tokens.previous_keys = vec![];
+    })
+    .await;
+    sqlx::query("UPDATE oauth_tokens SET access_expires_at = now()")
+        .execute(&old.pool)
+        .await
+        .unwrap();
+    assert_eq!(retired.state.refresher.refresh_due(&stop).await.unwrap(), 2);
+    assert_eq!(retired.state.refresher.stats().total(Outcome::Ok), 2);
+    assert_eq!(
+        retired.state.refresher.stats().total(Outcome::InvalidGrant),
+        0
+    );
+    assert_eq!(idp.reuses.load(Ordering::SeqCst), 0);
+}
+
+#[sqlx::test]
+async fn the_re_seal_pass_moves_every_login_to_the_current_key(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let (k1, k2) = (
+        crate::helpers::random_b64(32),
+        crate::helpers::random_b64(32),
+    );
+    let old = spawn_app_with(opts.clone(), db.clone(), |s| {
+        s.tokens.encryption_key = aes_key(&k1);
+    })
+    .await;
+    old.login_as("alice").await;
+    let rotated = spawn_app_with_idp(opts, db, old.idp.clone(), |s| {
+        same_secrets(s, &old);
+        s.tokens.key_id = "k2".into();
+        s.tokens.encryption_key = aes_key(&k2);
+        s.tokens.previous_keys =
+            vec![serde_json::from_value(serde_json::json!(format!("k1:{k1}"))).unwrap()];
+    })
+    .await;
+    let before = storefront::auth::tokens::key_usage(&old.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        before.iter().map(|u| u.key_id.as_str()).collect::<Vec<_>>(),
+        ["k1"]
+    );
+    let report = storefront::auth::tokens::rekey_all(&rotated.pool, &rotated.state.cipher, 500)
+        .await
+        .unwrap();
+    assert_eq!(report.resealed, 1);
+    assert_eq!(report.unreadable, 0);
+    let after = storefront::auth::tokens::key_usage(&old.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|u| u.key_id.as_str()).collect::<Vec<_>>(),
+        ["k2"]
+    );
+    // The re-sealed login still works through the rotated instance.
+    let token_id: Uuid = sqlx::query_scalar("SELECT token_id FROM oauth_tokens")
+        .fetch_one(&old.pool)
+        .await
+        .unwrap();
+    let stored = storefront::auth::tokens::load(&rotated.pool, &rotated.state.cipher, token_id)
+        .await
+        .unwrap()
+        .expect("the login");
+    assert!(stored.refresh_token.is_some() && stored.id_token.is_some());
+}

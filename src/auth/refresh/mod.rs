@@ -234,9 +234,15 @@ impl Refresher {
         let result = self.call_keeping_claim(row, claim, &refresh_token).await;
         drop(permit);
         match result {
-            Ok(refreshed) => {
+            Ok(mut refreshed) => {
                 let answered = Instant::now();
-                let saved = self.save(row, claim, &refreshed).await?;
+                // What the provider did not replace is kept, re-sealed under the current key.
+                let rotated = refreshed.tokens.refresh_token.is_some();
+                refreshed.tokens.refresh_token.get_or_insert(refresh_token);
+                if refreshed.tokens.id_token.is_none() {
+                    refreshed.tokens.id_token = self.kept_id_token(row);
+                }
+                let saved = self.save(row, claim, &refreshed, rotated).await?;
                 self.stats.observe_write(answered.elapsed());
                 if saved.is_none() {
                     tracing::warn!(token_id = %row.token_id, "Refreshed, but the login moved on meanwhile; answer not stored");
@@ -317,6 +323,7 @@ impl Refresher {
         row: &Claimed,
         claim: Uuid,
         refreshed: &Refreshed,
+        rotated: bool,
     ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         let give_up = Instant::now() + WRITE_RETRY_FOR;
         loop {
@@ -327,6 +334,7 @@ impl Refresher {
                 row,
                 claim,
                 refreshed,
+                rotated,
             )
             .await
             {
@@ -337,6 +345,15 @@ impl Refresher {
                 saved => return saved,
             }
         }
+    }
+
+    /// The row's ID token, decrypted so it can be sealed again under the current key; `None`
+    /// (and the hint for RP-initiated logout lost) if it cannot be read.
+    fn kept_id_token(&self, row: &Claimed) -> Option<SecretString> {
+        let sealed = row.id_token.as_deref()?;
+        tokens::decrypt_id_token(&self.cipher, row.token_id, &row.key_id, sealed)
+            .inspect_err(|e| tracing::warn!(error = %e, token_id = %row.token_id, "Cannot decrypt the kept ID token"))
+            .ok()
     }
 
     /// Exponential backoff with jitter: base * 2^failures, capped, times 0.5..1.

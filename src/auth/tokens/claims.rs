@@ -27,8 +27,8 @@ pub(super) use due_tokens;
 /// What a claim returns: the columns of [`Claimed`] (`t` the token row, `u` its user).
 macro_rules! claimed_row {
     () => {
-        "RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.failure_count,
-                   t.refresh_rotates"
+        "RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.id_token,
+                   t.failure_count, t.refresh_rotates"
     };
 }
 
@@ -64,6 +64,8 @@ pub struct Claimed {
     pub key_id: String,
     /// Still sealed: decrypted only by the caller that uses it.
     pub refresh_token: Vec<u8>,
+    /// Still sealed, under `key_id`: re-sealed with the current key when a refresh keeps it.
+    pub id_token: Option<Vec<u8>>,
     pub failure_count: i32,
     /// Whether the provider rotates this login's refresh token (`None`: not known yet).
     pub refresh_rotates: Option<bool>,
@@ -208,22 +210,24 @@ pub(crate) async fn record_failure(
 
 /// Stores refreshed tokens if `claim` still holds the row, or if the row still holds the
 /// refresh token that was sent (a late answer whose claim has lapsed is still the newest one
-/// there is). An answer without a new refresh token keeps the old one and records that the
-/// provider does not rotate; groups from a refreshed ID token update the user (so a removed
-/// admin loses access without logging out). Returns the new expiry, or `None` if the row has
-/// moved on.
+/// there is). `kept` is what the row keeps: the answer's tokens, with the refresh and ID
+/// tokens it did not replace, all sealed anew under the current key (the row has one key).
+/// `rotated` records whether the provider sent a new refresh token. Groups from a refreshed
+/// ID token update the user (so a removed admin loses access without logging out). Returns
+/// the new expiry, or `None` if the row has moved on.
 pub(crate) async fn save_refreshed(
     pool: &PgPool,
     cipher: &TokenCipher,
     cadence: &Cadence,
     row: &Claimed,
     claim: Uuid,
-    refreshed: &Refreshed,
+    kept: &Refreshed,
+    rotated: bool,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let token_id = row.token_id;
-    let sealed = seal(cipher, token_id, &refreshed.tokens);
-    let when = schedule(cadence, &refreshed.tokens);
-    let groups = refreshed
+    let sealed = seal(cipher, token_id, &kept.tokens);
+    let when = schedule(cadence, &kept.tokens);
+    let groups = kept
         .claims
         .as_ref()
         .and_then(|c| c.additional_claims().groups.clone());
@@ -232,9 +236,7 @@ pub(crate) async fn save_refreshed(
         WITH saved AS (
             UPDATE oauth_tokens
             SET key_id = $3, access_token = $4,
-                refresh_token = COALESCE($5, refresh_token),
-                refresh_rotates = ($5::bytea IS NOT NULL),
-                id_token = COALESCE($6, id_token),
+                refresh_token = $5, refresh_rotates = $12, id_token = $6,
                 access_expires_at = $7, refresh_due_at = $11, refresh_status = $9, failure_count = 0,
                 next_attempt_at = NULL, refresh_claim = NULL, refresh_claimed_until = NULL,
                 last_refreshed_at = now()
@@ -260,6 +262,7 @@ pub(crate) async fn save_refreshed(
     .bind(RefreshStatus::Ok)
     .bind(&row.refresh_token)
     .bind(when.due_at)
+    .bind(rotated)
     .fetch_one(pool)
     .await?;
     Ok((saved == 1).then_some(when.expires_at))

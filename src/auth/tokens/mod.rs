@@ -8,6 +8,7 @@
 mod claims;
 mod counts;
 mod logins;
+mod rekey;
 
 pub use claims::{CLAIM_DUE_TOKENS, Claimed};
 pub use counts::{TokenCounts, counts};
@@ -15,6 +16,7 @@ pub use logins::{
     delete_logins, delete_logins_of_user, delete_orphans, delete_unused, end_provider_sessions,
     insert_tokens, revoke_at_provider, store_login,
 };
+pub use rekey::{KeyUsage, RekeyReport, key_usage, rekey_all, rekey_batch};
 
 pub(crate) use claims::{
     claim_due, claim_expired, drop_refresh_token, mark_needs_login, mark_refused, record_failure,
@@ -112,6 +114,15 @@ pub(crate) fn decrypt_refresh_token(
     data: &[u8],
 ) -> Result<SecretString, CipherError> {
     cipher.decrypt(key_id, data, &aad(token_id, "refresh"))
+}
+
+pub(crate) fn decrypt_id_token(
+    cipher: &TokenCipher,
+    token_id: Uuid,
+    key_id: &str,
+    data: &[u8],
+) -> Result<SecretString, CipherError> {
+    cipher.decrypt(key_id, data, &aad(token_id, "id"))
 }
 
 /// A row of `oauth_tokens` with its user's subject, still sealed.
