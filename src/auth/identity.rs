@@ -23,6 +23,9 @@ pub struct AuthState {
     pub token_id: Uuid,
     pub subject: String,
     pub email: Option<String>,
+    /// The provider vouches for `email`.
+    #[serde(default)]
+    pub email_verified: bool,
     pub name: Option<String>,
     pub groups: Vec<String>,
     pub access_expires_at: DateTime<Utc>,

@@ -53,14 +53,16 @@ fn contains_encoded_separator(path: &str) -> bool {
         || lower.contains("%00")
 }
 
-/// An admin is named by group, subject or email in the `[admin]` settings.
+/// An admin is named by group, subject or email in the `[admin]` settings; by email only
+/// when the provider vouches for it (`email_verified`).
 pub fn is_admin(settings: &AdminSettings, auth: &AuthState) -> bool {
     auth.groups.iter().any(|g| settings.groups.contains(g))
         || settings.subjects.contains(&auth.subject)
-        || auth
-            .email
-            .as_ref()
-            .is_some_and(|e| settings.emails.iter().any(|a| a.eq_ignore_ascii_case(e)))
+        || (auth.email_verified
+            && auth
+                .email
+                .as_ref()
+                .is_some_and(|e| settings.emails.iter().any(|a| a.eq_ignore_ascii_case(e))))
 }
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ pub struct OidcSettings {
     /// Defaults to `{server.public_url}/`.
     pub post_logout_redirect_url: Option<Url>,
     pub scopes: Vec<String>,
+    /// Where groups come from: a claim name, or a dotted path into nested claims
+    /// (`realm_access.roles`). An ID token without it means "no groups".
+    pub groups_claim: String,
     /// Connect and request timeout for every call to the provider.
     pub http_timeout_secs: u64,
     /// How often discovery is retried while the provider is unreachable.

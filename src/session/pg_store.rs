@@ -169,6 +169,7 @@ struct LoadedRow {
     user_id: Option<Uuid>,
     subject: Option<String>,
     email: Option<String>,
+    email_verified: Option<bool>,
     name: Option<String>,
     groups: Option<Vec<String>>,
     token_id: Option<Uuid>,
@@ -181,8 +182,9 @@ impl SessionStore for PgSessionStore {
         // A plain read in steady state: the session, its login and the user in one query.
         let row: Option<LoadedRow> = sqlx::query_as(
             r#"
-            SELECT s.session_id, s.state, s.last_seen_at, l.user_id, l.subject, l.email, l.name,
-                   l.groups, l.token_id, l.access_expires_at, l.refresh_status
+            SELECT s.session_id, s.state, s.last_seen_at, l.user_id, l.subject, l.email,
+                   l.email_verified, l.name, l.groups, l.token_id, l.access_expires_at,
+                   l.refresh_status
             FROM sessions s
             LEFT JOIN logins l ON l.token_id = s.token_id
             WHERE s.key_hash = $1 AND s.expires_at > now() AND s.absolute_expires_at > now()
@@ -212,6 +214,7 @@ impl SessionStore for PgSessionStore {
                     token_id,
                     subject: row.subject.unwrap_or_default(),
                     email: row.email,
+                    email_verified: row.email_verified.unwrap_or(false),
                     name: row.name,
                     groups: row.groups.unwrap_or_default(),
                     access_expires_at,

@@ -377,3 +377,61 @@ async fn revoking_ends_the_session_at_once_revokes_the_token_and_is_audited(
     // The admin's own session is untouched.
     assert_eq!(admin.get("/admin").await.status().as_u16(), 200);
 }
+
+#[sqlx::test]
+async fn a_refreshed_id_token_without_the_groups_claim_means_no_groups(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    app.login_with_claims("alice", as_admin).await;
+    assert_eq!(app.get("/admin").await.status().as_u16(), 200);
+    // Okta, Entra ID and Keycloak leave the claim out once the user is in no group.
+    sqlx::query("UPDATE oauth_tokens SET access_expires_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    assert_eq!(app.state.refresher.refresh_due(&stop).await.unwrap(), 1);
+    assert_eq!(app.get("/admin").await.status().as_u16(), 403);
+    let groups: Vec<String> =
+        sqlx::query_scalar("SELECT groups FROM users WHERE subject = 'alice'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(groups.is_empty(), "{groups:?}");
+}
+
+#[sqlx::test]
+async fn admin_by_email_needs_a_verified_email_and_groups_follow_the_configured_claim(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app_with(opts, db, |s| {
+        s.admin.emails = vec!["carol@example.com".into()];
+        s.oidc.groups_claim = "realm_access.roles".into();
+    })
+    .await;
+    let unverified = other_browser(&app);
+    unverified
+        .login_with_claims("carol", |c| c["email_verified"] = serde_json::json!(false))
+        .await;
+    assert_eq!(unverified.get("/admin").await.status().as_u16(), 403);
+    let verified = other_browser(&app);
+    verified.login_as("carol").await;
+    assert_eq!(verified.get("/admin").await.status().as_u16(), 200);
+    // Keycloak puts realm roles under `realm_access.roles`; a top-level `groups` is ignored.
+    let keycloak = other_browser(&app);
+    keycloak
+        .login_with_claims("kim", |c| {
+            c["realm_access"] = serde_json::json!({"roles": ["admins"]});
+            c["groups"] = serde_json::json!(["customers"]);
+        })
+        .await;
+    assert_eq!(keycloak.get("/admin").await.status().as_u16(), 200);
+    let plain = other_browser(&app);
+    plain
+        .login_with_claims("pat", |c| c["groups"] = serde_json::json!(["admins"]))
+        .await;
+    assert_eq!(plain.get("/admin").await.status().as_u16(), 403);
+}

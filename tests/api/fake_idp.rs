@@ -169,7 +169,7 @@ impl FakeIdp {
         let now = chrono::Utc::now().timestamp();
         json!({
             "iss": self.issuer, "aud": CLIENT_ID, "sub": sub, "nonce": nonce,
-            "iat": now, "exp": now + 300, "email": format!("{sub}@example.com"),
+            "iat": now, "exp": now + 300, "email": format!("{sub}@example.com"), "email_verified": true,
             "name": format!("User {sub}"), "groups": ["customers"], "sid": format!("sid-{sub}"),
         })
     }

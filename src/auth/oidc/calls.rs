@@ -69,6 +69,8 @@ impl Oidc {
             .await?;
         Ok(Login {
             tokens: token_set(&response, Some(&id_token)),
+            groups: self.groups(&claims),
+            email_verified: claims.email_verified() == Some(true),
             claims,
         })
     }
@@ -104,6 +106,7 @@ impl Oidc {
         };
         Ok(Refreshed {
             tokens: token_set(&response, response.id_token()),
+            groups: claims.as_ref().map(|c| self.groups(c)),
             claims,
         })
     }

@@ -15,13 +15,36 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Claims beyond the standard ones: the groups the admin check reads and the provider session.
+/// Claims beyond the standard ones: the provider session, and every other claim as it came,
+/// for the groups claim the configuration names (`oidc.groups_claim`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShopClaims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub groups: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl ShopClaims {
+    /// The groups at `path`: a claim of that exact name (Auth0's namespaced
+    /// `https://shop.example/roles`), else a dotted path into nested objects (Keycloak's
+    /// `realm_access.roles`). A list of strings, or one string; `None` when absent.
+    pub fn groups_at(&self, path: &str) -> Option<Vec<String>> {
+        let value = self.other.get(path).or_else(|| {
+            let mut parts = path.split('.');
+            let first = self.other.get(parts.next()?)?;
+            parts.try_fold(first, |v, part| v.get(part))
+        })?;
+        match value {
+            serde_json::Value::String(one) => Some(vec![one.clone()]),
+            serde_json::Value::Array(many) => Some(
+                many.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
 }
 impl AdditionalClaims for ShopClaims {}
 
@@ -100,3 +123,30 @@ pub(super) type ShopClient = Client<
     EndpointMaybeSet,
     EndpointMaybeSet,
 >;
+
+#[cfg(test)]
+mod tests {
+    use super::ShopClaims;
+
+    fn claims(json: serde_json::Value) -> ShopClaims {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn groups_come_from_the_configured_claim_wherever_it_is() {
+        let keycloak = claims(serde_json::json!({"realm_access": {"roles": ["admins", "staff"]}}));
+        assert_eq!(
+            keycloak.groups_at("realm_access.roles").unwrap(),
+            ["admins", "staff"]
+        );
+        let auth0 = claims(serde_json::json!({"https://shop.example/roles": ["admins"]}));
+        assert_eq!(
+            auth0.groups_at("https://shop.example/roles").unwrap(),
+            ["admins"]
+        );
+        let entra = claims(serde_json::json!({"roles": "admins"}));
+        assert_eq!(entra.groups_at("roles").unwrap(), ["admins"]);
+        assert_eq!(entra.groups_at("groups"), None, "absent");
+        assert_eq!(keycloak.groups_at("realm_access.missing"), None);
+    }
+}

@@ -62,12 +62,19 @@ pub struct TokenSet {
 pub struct Login {
     pub tokens: TokenSet,
     pub claims: ShopIdTokenClaims,
+    /// From the claim `oidc.groups_claim` names; empty when the ID token has none.
+    pub groups: Vec<String>,
+    /// The provider vouches for the email (`email_verified: true`).
+    pub email_verified: bool,
 }
 
 /// A completed refresh: the tokens, and the claims of the new ID token if the provider sent one.
 pub struct Refreshed {
     pub tokens: TokenSet,
     pub claims: Option<ShopIdTokenClaims>,
+    /// With a new ID token: its groups (empty when the claim is absent, as Okta, Entra ID and
+    /// Keycloak leave it out once the user is in no group). Without one: `None`, unchanged.
+    pub groups: Option<Vec<String>>,
 }
 
 pub struct Oidc {
@@ -82,12 +89,21 @@ pub struct Oidc {
     redirect_url: RedirectUrl,
     post_logout_redirect_url: PostLogoutRedirectUrl,
     scopes: Vec<Scope>,
+    /// Where groups come from (`oidc.groups_claim`).
+    groups_claim: String,
     provider: RwLock<Option<Arc<Provider>>>,
     /// Serializes discovery and JWKS refetches.
     refresh_lock: Mutex<Option<Instant>>,
 }
 
 impl Oidc {
+    fn groups(&self, claims: &ShopIdTokenClaims) -> Vec<String> {
+        claims
+            .additional_claims()
+            .groups_at(&self.groups_claim)
+            .unwrap_or_default()
+    }
+
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         let connect = settings.oidc.http_timeout();
         let client = |timeout: Duration| {
@@ -126,6 +142,7 @@ impl Oidc {
                 .filter(|s| *s != "openid")
                 .map(|s| Scope::new(s.clone()))
                 .collect(),
+            groups_claim: settings.oidc.groups_claim.clone(),
             provider: RwLock::new(None),
             refresh_lock: Mutex::new(None),
         })

@@ -227,10 +227,7 @@ pub(crate) async fn save_refreshed(
     let token_id = row.token_id;
     let sealed = seal(cipher, token_id, &kept.tokens);
     let when = schedule(cadence, &kept.tokens);
-    let groups = kept
-        .claims
-        .as_ref()
-        .and_then(|c| c.additional_claims().groups.clone());
+    let groups = kept.groups.clone();
     let saved: i64 = sqlx::query_scalar(
         r#"
         WITH saved AS (

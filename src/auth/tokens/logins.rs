@@ -31,22 +31,19 @@ pub async fn store_login(
         .and_then(|n| n.get(None))
         .map(|n| n.as_str().to_owned())
         .or_else(|| claims.preferred_username().map(|u| u.as_str().to_owned()));
-    let groups = claims
-        .additional_claims()
-        .groups
-        .clone()
-        .unwrap_or_default();
+    let groups = &login.groups;
     let token_id = Uuid::now_v7();
     let sealed = seal(cipher, token_id, &login.tokens);
     let when = schedule(cadence, &login.tokens);
     let user_id: Uuid = sqlx::query_scalar(
         r#"
         WITH login_user AS (
-            INSERT INTO users (user_id, issuer, subject, email, name, groups, last_login_at)
-            VALUES ($1, $2, $3, $4, $5, $6, now())
+            INSERT INTO users (user_id, issuer, subject, email, name, groups, email_verified,
+                               last_login_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $16, now())
             ON CONFLICT ON CONSTRAINT users_issuer_subject_key DO UPDATE
             SET email = EXCLUDED.email, name = EXCLUDED.name, groups = EXCLUDED.groups,
-                last_login_at = now()
+                email_verified = EXCLUDED.email_verified, last_login_at = now()
             RETURNING user_id
         ), login_tokens AS (
             INSERT INTO oauth_tokens (token_id, user_id, provider_sid, key_id, access_token,
@@ -66,7 +63,7 @@ pub async fn store_login(
     .bind(claims.subject().as_str())
     .bind(email)
     .bind(name)
-    .bind(&groups)
+    .bind(groups)
     .bind(token_id)
     .bind(claims.additional_claims().sid.as_deref())
     .bind(cipher.current_key_id())
@@ -76,6 +73,7 @@ pub async fn store_login(
     .bind(when.expires_at)
     .bind(ActivityEvent::Login)
     .bind(when.due_at)
+    .bind(login.email_verified)
     .fetch_one(pool)
     .await?;
     tracing::Span::current().record("user_id", tracing::field::display(user_id));
