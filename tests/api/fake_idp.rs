@@ -73,6 +73,8 @@ struct State {
     /// Keycloak with rotation); off, they carry none and the old one stays valid (Google,
     /// Entra ID by default).
     rotation: bool,
+    /// Userinfo answers for this subject instead of the token's (a confused provider).
+    userinfo_sub: Option<String>,
 }
 
 #[derive(Clone)]
@@ -121,6 +123,7 @@ impl FakeIdp {
             refresh_groups: HashMap::new(),
             down: false,
             rotation: true,
+            userinfo_sub: None,
         }));
         let idp = FakeIdp {
             issuer: issuer.clone(),
@@ -246,6 +249,10 @@ impl FakeIdp {
             sub.to_owned(),
             groups.iter().map(|g| (*g).to_owned()).collect(),
         );
+    }
+
+    pub fn set_userinfo_subject(&self, sub: &str) {
+        self.state.lock().unwrap().userinfo_sub = Some(sub.to_owned());
     }
 
     pub fn set_rotation(&self, rotation: bool) {
@@ -487,7 +494,13 @@ async fn userinfo(ctx: web::Data<Ctx>, req: HttpRequest) -> HttpResponse {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default()
         .to_owned();
-    let sub = ctx.state.lock().unwrap().access_tokens.get(&token).cloned();
+    let sub = {
+        let state = ctx.state.lock().unwrap();
+        state
+            .access_tokens
+            .get(&token)
+            .map(|s| state.userinfo_sub.clone().unwrap_or_else(|| s.clone()))
+    };
     match sub {
         Some(sub) => HttpResponse::Ok().json(json!({
             "sub": sub, "email": format!("{sub}@example.com"), "name": format!("User {sub}"),

@@ -360,3 +360,22 @@ async fn the_header_login_link_comes_back_to_the_page_it_was_on(
     assert_eq!(log_in_from("https://evil.example/phish".into()).await, "/");
     assert_eq!(log_in_from(app.url("/login")).await, "/");
 }
+
+#[sqlx::test]
+async fn a_userinfo_answer_for_another_subject_is_ignored_with_a_notice(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    app.login_as("alice").await;
+    app.idp.set_userinfo_subject("mallory");
+    let page = app.get("/profile").await;
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("answered for another account"), "{html}");
+    let doc = scraper::Html::parse_document(&html);
+    let sel = scraper::Selector::parse("td[data-claim=sub]").unwrap();
+    let sub: String = doc.select(&sel).next().unwrap().text().collect();
+    assert_eq!(sub, "alice", "the ID token's subject, not userinfo's");
+    assert!(!html.contains("mallory"), "{html}");
+}

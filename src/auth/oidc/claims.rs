@@ -124,6 +124,17 @@ pub(super) type ShopClient = Client<
     EndpointMaybeSet,
 >;
 
+/// The claims of a JWT this shop verified when it received it (a stored ID token), read again
+/// for display. Not a verification: never call it on a token from outside.
+pub fn stored_token_claims(raw: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine as _;
+    let payload = raw.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::ShopClaims;

@@ -9,7 +9,10 @@ mod claims;
 mod provider;
 mod verify;
 
-pub use claims::{LogoutClaims, RevocationMetadata, ShopClaims, ShopIdTokenClaims, ShopUserInfo};
+pub use claims::{
+    LogoutClaims, RevocationMetadata, ShopClaims, ShopIdTokenClaims, ShopUserInfo,
+    stored_token_claims,
+};
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
