@@ -302,3 +302,34 @@ async fn an_oversized_query_string_gets_a_4xx(opts: PgPoolOptions, db: PgConnect
         "still serving"
     );
 }
+
+#[sqlx::test]
+async fn a_callback_without_the_announced_iss_is_refused_before_the_code_is_redeemed(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts.clone(), db.clone()).await;
+    let (state, nonce) = app.start_login("/").await;
+    let code = app.idp.code_for("alice", &nonce);
+    let response = app
+        .callback_exactly(&[("code", &code), ("state", &state)])
+        .await;
+    assert_eq!(response.status().as_u16(), 403);
+    assert_eq!(
+        app.idp.token_calls.load(Ordering::SeqCst),
+        0,
+        "code not redeemed"
+    );
+    assert_eq!(app.logged_in_sessions().await, 0);
+
+    // A provider that does not announce RFC 9207 need not send `iss`.
+    let idp = crate::fake_idp::FakeIdp::start().await;
+    idp.set_announces_iss(false);
+    let quiet = crate::helpers::spawn_app_with_idp(opts, db, idp, |_| {}).await;
+    let (state, nonce) = quiet.start_login("/").await;
+    let code = quiet.idp.code_for("alice", &nonce);
+    let response = quiet
+        .callback_exactly(&[("code", &code), ("state", &state)])
+        .await;
+    assert_eq!(response.status().as_u16(), 302);
+}

@@ -75,6 +75,8 @@ struct State {
     rotation: bool,
     /// Userinfo answers for this subject instead of the token's (a confused provider).
     userinfo_sub: Option<String>,
+    /// Discovery announces RFC 9207's `iss` in authorization responses.
+    announces_iss: bool,
 }
 
 #[derive(Clone)]
@@ -124,6 +126,7 @@ impl FakeIdp {
             down: false,
             rotation: true,
             userinfo_sub: None,
+            announces_iss: true,
         }));
         let idp = FakeIdp {
             issuer: issuer.clone(),
@@ -255,6 +258,10 @@ impl FakeIdp {
         self.state.lock().unwrap().userinfo_sub = Some(sub.to_owned());
     }
 
+    pub fn set_announces_iss(&self, announces: bool) {
+        self.state.lock().unwrap().announces_iss = announces;
+    }
+
     pub fn set_rotation(&self, rotation: bool) {
         self.state.lock().unwrap().rotation = rotation;
     }
@@ -305,9 +312,13 @@ fn sign(claims: &Value, signing: Signing, typ: &str) -> String {
 
 async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
     let i = &ctx.issuer;
-    let (down, post_only) = {
+    let (down, post_only, announces_iss) = {
         let state = ctx.state.lock().unwrap();
-        (state.discovery_down, state.secret_post_only)
+        (
+            state.discovery_down,
+            state.secret_post_only,
+            state.announces_iss,
+        )
     };
     if down {
         return HttpResponse::ServiceUnavailable().finish();
@@ -330,7 +341,7 @@ async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
         "id_token_signing_alg_values_supported": ["RS256"],
         "token_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
-        "authorization_response_iss_parameter_supported": true,
+        "authorization_response_iss_parameter_supported": announces_iss,
     }))
 }
 

@@ -177,7 +177,18 @@ impl TestApp {
         state_and_nonce(&response)
     }
 
+    /// `GET /callback` as the provider sends it: with its `iss` (RFC 9207, which the fake
+    /// provider announces) unless the query names one, or an error with `state` only.
     pub async fn callback(&self, query: &[(&str, &str)]) -> reqwest::Response {
+        let mut query = query.to_vec();
+        if !query.iter().any(|(k, _)| *k == "iss") && query.iter().any(|(k, _)| *k == "code") {
+            query.push(("iss", &self.idp.issuer));
+        }
+        self.callback_exactly(&query).await
+    }
+
+    /// `GET /callback` with exactly this query.
+    pub async fn callback_exactly(&self, query: &[(&str, &str)]) -> reqwest::Response {
         self.client
             .get(self.url("/callback"))
             .query(query)

@@ -97,8 +97,10 @@ async fn concurrent_requests_on_two_instances_share_one_refresh(
     opts: PgPoolOptions,
     db: PgConnectOptions,
 ) {
+    // Two instances' request pools (6 each) and background pools (4 each) within the 20
+    // connections `#[sqlx::test]` lends its pools.
     let more_connections = |s: &mut storefront::configuration::Settings| {
-        s.database.max_connections = 10;
+        s.database.max_connections = 6;
     };
     let one = spawn_app_with(opts.clone(), db.clone(), more_connections).await;
     let two = spawn_app_with_idp(opts, db, one.idp.clone(), |s| {

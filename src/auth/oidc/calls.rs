@@ -44,6 +44,18 @@ impl Oidc {
         Ok((url, pending))
     }
 
+    /// Whether discovery announced RFC 9207's `iss` in authorization responses: then a
+    /// callback without it is refused before its code is redeemed.
+    pub async fn requires_iss(&self) -> Result<bool, OidcError> {
+        let provider = self.provider().await?;
+        Ok(provider
+            .metadata
+            .additional_metadata()
+            .additional_metadata
+            .authorization_response_iss_parameter_supported
+            == Some(true))
+    }
+
     /// Exchanges the code (once) and validates the ID token fully.
     pub async fn exchange_code(
         &self,

@@ -63,6 +63,9 @@ impl AdditionalClaims for LogoutClaims {}
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RevocationMetadata {
     pub revocation_endpoint: Option<RevocationUrl>,
+    /// RFC 9207: the provider puts `iss` in every authorization response.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
 }
 impl AdditionalProviderMetadata for RevocationMetadata {}
 

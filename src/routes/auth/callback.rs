@@ -68,14 +68,22 @@ async fn complete_login(
     if let Some(error) = query.error {
         return Err(provider_said_no(&error, query.error_description.as_deref()));
     }
-    // RFC 9207: an `iss` that is not our provider means a mix-up attack.
-    if let Some(iss) = &query.iss
-        && iss.trim_end_matches('/') != state.oidc.issuer().trim_end_matches('/')
-    {
-        tracing::warn!("Callback `iss` does not match the configured issuer");
-        return Err(AppError::Forbidden(
-            "The sign-in response came from an unexpected identity provider.".into(),
-        ));
+    // RFC 9207: an `iss` that is not our provider means a mix-up attack; a missing one, from
+    // a provider that announced it sends one, too.
+    match &query.iss {
+        Some(iss) if iss.trim_end_matches('/') != state.oidc.issuer().trim_end_matches('/') => {
+            tracing::warn!("Callback `iss` does not match the configured issuer");
+            return Err(AppError::Forbidden(
+                "The sign-in response came from an unexpected identity provider.".into(),
+            ));
+        }
+        None if state.oidc.requires_iss().await.map_err(provider_error)? => {
+            tracing::warn!("Callback without the `iss` its provider announced (RFC 9207)");
+            return Err(AppError::Forbidden(
+                "The sign-in response did not say which identity provider sent it.".into(),
+            ));
+        }
+        _ => {}
     }
     let code = query
         .code
