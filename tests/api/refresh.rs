@@ -576,3 +576,43 @@ async fn the_re_seal_pass_moves_every_login_to_the_current_key(
         .expect("the login");
     assert!(stored.refresh_token.is_some() && stored.id_token.is_some());
 }
+
+#[sqlx::test]
+async fn a_bare_400_ends_the_login_and_a_bare_401_keeps_it_and_alerts_the_dashboard(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app_with(opts, db, |s| s.admin.subjects = vec!["alice".into()]).await;
+    app.login_as("alice").await;
+    let stop = CancellationToken::new();
+    let status = || async {
+        sqlx::query_scalar::<_, String>("SELECT refresh_status FROM oauth_tokens")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+
+    // 401 with no OAuth error: the shop's own credentials, not the login, are at fault.
+    app.idp.set_token_endpoint(TokenEndpoint::Status(401));
+    expire_access_tokens(&app.pool).await;
+    assert_eq!(app.state.refresher.refresh_due(&stop).await.unwrap(), 1);
+    assert_eq!(
+        app.state.refresher.stats().total(Outcome::ClientRejected),
+        1
+    );
+    assert_eq!(status().await, "retrying");
+    app.idp.set_token_endpoint(TokenEndpoint::Normal);
+    let dashboard = app.get("/admin").await.text().await.unwrap();
+    assert!(dashboard.contains("id=\"client-rejected\""), "{dashboard}");
+
+    // 400 with an empty or non-OAuth body: RFC 6749 says `invalid_grant`; a new login is due.
+    app.idp.set_token_endpoint(TokenEndpoint::Status(400));
+    sqlx::query("UPDATE oauth_tokens SET next_attempt_at = NULL, access_expires_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.state.refresher.refresh_due(&stop).await.unwrap(), 1);
+    assert_eq!(app.state.refresher.stats().total(Outcome::InvalidGrant), 1);
+    assert_eq!(status().await, "needs_login");
+    assert_redirect_to(&app.get("/orders").await, "/login?return_to=%2Forders");
+}

@@ -259,3 +259,80 @@ fn map_token_error(
         RequestTokenError::Other(e) => OidcError::InvalidResponse(e),
     }
 }
+
+/// The HTTP client for refresh calls: reqwest, with [`oauth_error_or_status`] applied to
+/// every answer.
+pub(super) struct StatusAsOAuthError(pub(super) reqwest::Client);
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for StatusAsOAuthError {
+    type Error = HttpClientError<reqwest::Error>;
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<openidconnect::HttpResponse, Self::Error>>
+                + Send
+                + 'c,
+        >,
+    >;
+
+    fn call(&'c self, request: openidconnect::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let response = openidconnect::AsyncHttpClient::call(&self.0, request).await?;
+            Ok(oauth_error_or_status(response))
+        })
+    }
+}
+
+/// Token-endpoint errors as RFC 6749 5.2 defines them, from providers that answer a refused
+/// refresh with a bare status: a 400 without a parseable OAuth error is `invalid_grant` (the
+/// grant is dead, the user must log in again), a 401 without one is `invalid_client` (the
+/// shop's own credentials are at fault). Other answers pass through untouched.
+fn oauth_error_or_status(mut response: openidconnect::HttpResponse) -> openidconnect::HttpResponse {
+    let status = response.status().as_u16();
+    let error = match status {
+        400 => "invalid_grant",
+        401 => "invalid_client",
+        _ => return response,
+    };
+    let parseable = serde_json::from_slice::<serde_json::Value>(response.body())
+        .is_ok_and(|v| v.get("error").is_some_and(serde_json::Value::is_string));
+    if !parseable {
+        let body = serde_json::json!({
+            "error": error,
+            "error_description": format!("the provider answered {status} without an OAuth error"),
+        });
+        *response.body_mut() = body.to_string().into_bytes();
+        response.headers_mut().insert(
+            openidconnect::http::header::CONTENT_TYPE,
+            openidconnect::http::HeaderValue::from_static("application/json"),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::oauth_error_or_status;
+
+    fn answer(status: u16, body: &str) -> serde_json::Value {
+        let response = openidconnect::http::Response::builder()
+            .status(status)
+            .body(body.as_bytes().to_vec())
+            .unwrap();
+        serde_json::from_slice(oauth_error_or_status(response).body()).unwrap_or_default()
+    }
+
+    #[test]
+    fn bare_refusals_get_their_rfc_6749_error() {
+        assert_eq!(answer(400, "")["error"], "invalid_grant");
+        assert_eq!(
+            answer(400, "<html>Bad Request</html>")["error"],
+            "invalid_grant"
+        );
+        assert_eq!(answer(401, "")["error"], "invalid_client");
+        assert_eq!(
+            answer(400, r#"{"error":"invalid_request"}"#)["error"],
+            "invalid_request"
+        );
+        assert_eq!(answer(503, "down"), serde_json::Value::Null, "untouched");
+    }
+}

@@ -85,7 +85,7 @@ pub struct Oidc {
     /// For refresh calls: the same connect timeout, but the generous
     /// `refresh.call_timeout_secs` for the answer, since a refresh given up may have spent a
     /// rotating refresh token.
-    refresh_http: reqwest::Client,
+    refresh_http: calls::StatusAsOAuthError,
     issuer: IssuerUrl,
     client_id: ClientId,
     client_secret: ClientSecret,
@@ -119,7 +119,8 @@ impl Oidc {
                 .build()
         };
         let http = client(connect)?;
-        let refresh_http = client(settings.refresh.call_timeout().max(connect))?;
+        let refresh_http =
+            calls::StatusAsOAuthError(client(settings.refresh.call_timeout().max(connect))?);
         let issuer = settings
             .oidc
             .issuer_url

@@ -78,6 +78,8 @@ pub struct Refresher {
     stats: RefreshStats,
     /// This process's on-demand refreshes in progress, one per token (single flight).
     flights: SyncMutex<HashMap<Uuid, watch::Receiver<Option<Flight>>>>,
+    /// When the provider last refused the shop's own credentials, and what it said.
+    client_rejected: SyncMutex<Option<(DateTime<Utc>, String)>>,
     /// Every on-demand refresh task, so shutdown can wait for them.
     tracker: TaskTracker,
     /// The main runtime: refresh calls run there, never on an HTTP worker's runtime, so a
@@ -103,6 +105,7 @@ impl Refresher {
             settings,
             stats: RefreshStats::new(metrics),
             flights: SyncMutex::new(HashMap::new()),
+            client_rejected: SyncMutex::new(None),
             tracker: TaskTracker::new(),
             runtime: Handle::current(),
         }
@@ -110,6 +113,12 @@ impl Refresher {
 
     pub fn stats(&self) -> &RefreshStats {
         &self.stats
+    }
+
+    /// When (and with what error) the provider last refused the shop's client credentials
+    /// on a refresh, if it did in this process's lifetime.
+    pub fn client_rejected(&self) -> Option<(DateTime<Utc>, String)> {
+        self.client_rejected.lock().expect("not poisoned").clone()
     }
 
     /// Scans for due tokens every `refresh.interval_secs` (at once again after a full batch)
@@ -271,6 +280,18 @@ impl Refresher {
                 self.stats.record(Outcome::NoAnswer);
                 tokens::drop_refresh_token(pool, row, claim).await?;
                 Ok(Attempt::Spent)
+            }
+            Err(OidcError::Refused { error, description })
+                if matches!(error.as_str(), "invalid_client" | "unauthorized_client") =>
+            {
+                // Our configuration is at fault, not the login: keep it and retry.
+                let backoff = self.backoff(row.failure_count);
+                tracing::error!(%error, description = description.as_deref().unwrap_or(""),
+                    "The provider refuses the shop's client credentials; check oidc.client_id and oidc.client_secret");
+                self.stats.record(Outcome::ClientRejected);
+                *self.client_rejected.lock().expect("not poisoned") = Some((Utc::now(), error));
+                tokens::record_failure(pool, row.token_id, claim, backoff).await?;
+                Ok(Attempt::Transient)
             }
             Err(e) => {
                 let backoff = self.backoff(row.failure_count);

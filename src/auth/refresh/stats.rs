@@ -21,15 +21,19 @@ pub enum Outcome {
     RaceRecovered,
     /// Sent but never answered: the refresh token may be spent and was dropped.
     NoAnswer,
+    /// The provider refused the shop itself (`invalid_client`, a bare 401): a configuration
+    /// fault of ours; sessions kept, retried with backoff, shown on the dashboard.
+    ClientRejected,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Ok,
         Outcome::TransientFailure,
         Outcome::InvalidGrant,
         Outcome::RaceRecovered,
         Outcome::NoAnswer,
+        Outcome::ClientRejected,
     ];
 
     /// The outcome's label on `token_refreshes_total`.
@@ -40,6 +44,7 @@ impl Outcome {
             Outcome::InvalidGrant => "invalid_grant",
             Outcome::RaceRecovered => "race_recovered",
             Outcome::NoAnswer => "no_answer",
+            Outcome::ClientRejected => "client_rejected",
         }
     }
 
@@ -51,7 +56,7 @@ impl Outcome {
             Outcome::InvalidGrant => ActivityEvent::RefreshInvalidGrant,
             Outcome::RaceRecovered => ActivityEvent::RefreshRaceRecovered,
             // A failure, as far as the dashboard's counts go.
-            Outcome::NoAnswer => ActivityEvent::RefreshTransientFailure,
+            Outcome::NoAnswer | Outcome::ClientRejected => ActivityEvent::RefreshTransientFailure,
         }
     }
 }

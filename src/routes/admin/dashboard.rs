@@ -14,6 +14,8 @@ use crate::state::State;
 struct DashboardPage {
     overview: Overview,
     chart: chart::Chart,
+    /// The provider refused the shop's own credentials on a refresh (this instance).
+    client_rejected: Option<String>,
 }
 
 #[tracing::instrument(name = "Admin dashboard", skip_all)]
@@ -26,6 +28,12 @@ pub async fn dashboard(state: State, session: TypedSession, _admin: Admin) -> Re
     let page = DashboardPage {
         overview,
         chart: chart::chart(&hours),
+        client_rejected: state.refresher.client_rejected().map(|(at, error)| {
+            format!(
+                "The identity provider refused the shop's client credentials ({error}) at {}: refreshes are retried, sessions are kept. Check oidc.client_id and oidc.client_secret.",
+                at.format("%Y-%m-%d %H:%M:%S UTC")
+            )
+        }),
     };
     Ok(render(&state.tera, "admin/dashboard.html", &layout, page)?.with_no_store())
 }
