@@ -236,6 +236,28 @@ impl Settings {
         if self.oidc.client_id.trim().is_empty() {
             return Err(invalid("oidc.client_id", "must not be empty"));
         }
+        const RESERVED: [&str; 9] = [
+            "state",
+            "nonce",
+            "code_challenge",
+            "code_challenge_method",
+            "redirect_uri",
+            "client_id",
+            "response_type",
+            "scope",
+            "response_mode",
+        ];
+        if let Some(name) = self
+            .oidc
+            .extra_auth_params
+            .keys()
+            .find(|k| RESERVED.contains(&k.as_str()))
+        {
+            return Err(invalid(
+                "oidc.extra_auth_params",
+                format!("must not set `{name}`, which the shop sets itself"),
+            ));
+        }
         if !self.oidc.scopes.iter().any(|s| s == "openid") {
             return Err(invalid("oidc.scopes", "must include `openid`"));
         }

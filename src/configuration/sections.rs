@@ -62,6 +62,10 @@ pub struct OidcSettings {
     /// Where groups come from: a claim name, or a dotted path into nested claims
     /// (`realm_access.roles`). An ID token without it means "no groups".
     pub groups_claim: String,
+    /// Extra parameters of every authorization request, such as Google's
+    /// `access_type = "offline"` and `prompt = "consent"` (without which it sends no refresh
+    /// token).
+    pub extra_auth_params: std::collections::BTreeMap<String, String>,
     /// Connect and request timeout for every call to the provider.
     pub http_timeout_secs: u64,
     /// How often discovery is retried while the provider is unreachable.

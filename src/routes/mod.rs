@@ -52,6 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
         .configure(|cfg| admin::configure(cfg, limits))
         .route("/profile", web::get().to(auth::profile::profile_page))
         .route("/logout", web::post().to(auth::logout::log_out))
+        .route("/signed-out", web::get().to(auth::logout::signed_out_page))
         .service(
             web::resource("/backchannel-logout")
                 .wrap(limits.backchannel())

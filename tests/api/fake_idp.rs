@@ -77,6 +77,10 @@ struct State {
     userinfo_sub: Option<String>,
     /// Discovery announces RFC 9207's `iss` in authorization responses.
     announces_iss: bool,
+    /// Discovery lists `end_session_endpoint` and `revocation_endpoint` (Google lists neither).
+    logout_endpoints: bool,
+    /// A code exchange returns a refresh token (Google without `access_type=offline` does not).
+    refresh_at_login: bool,
 }
 
 #[derive(Clone)]
@@ -127,6 +131,8 @@ impl FakeIdp {
             rotation: true,
             userinfo_sub: None,
             announces_iss: true,
+            logout_endpoints: true,
+            refresh_at_login: true,
         }));
         let idp = FakeIdp {
             issuer: issuer.clone(),
@@ -258,6 +264,17 @@ impl FakeIdp {
         self.state.lock().unwrap().userinfo_sub = Some(sub.to_owned());
     }
 
+    /// Google's shape: refresh tokens are not rotated, no end-session or revocation endpoint.
+    pub fn behave_like_google(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.rotation = false;
+        state.logout_endpoints = false;
+    }
+
+    pub fn set_refresh_at_login(&self, issue: bool) {
+        self.state.lock().unwrap().refresh_at_login = issue;
+    }
+
     pub fn set_announces_iss(&self, announces: bool) {
         self.state.lock().unwrap().announces_iss = announces;
     }
@@ -312,12 +329,13 @@ fn sign(claims: &Value, signing: Signing, typ: &str) -> String {
 
 async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
     let i = &ctx.issuer;
-    let (down, post_only, announces_iss) = {
+    let (down, post_only, announces_iss, logout_endpoints) = {
         let state = ctx.state.lock().unwrap();
         (
             state.discovery_down,
             state.secret_post_only,
             state.announces_iss,
+            state.logout_endpoints,
         )
     };
     if down {
@@ -328,7 +346,7 @@ async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
     } else {
         json!(["client_secret_basic"])
     };
-    HttpResponse::Ok().json(json!({
+    let mut document = json!({
         "issuer": i,
         "authorization_endpoint": format!("{i}/authorize"),
         "token_endpoint": format!("{i}/token"),
@@ -342,7 +360,13 @@ async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
         "token_endpoint_auth_methods_supported": auth_methods,
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": announces_iss,
-    }))
+    });
+    if !logout_endpoints {
+        let fields = document.as_object_mut().unwrap();
+        fields.remove("end_session_endpoint");
+        fields.remove("revocation_endpoint");
+    }
+    HttpResponse::Ok().json(document)
 }
 
 async fn jwks(ctx: web::Data<Ctx>) -> HttpResponse {
@@ -489,7 +513,12 @@ async fn token(
     let mut answer = json!({
         "access_token": access, "token_type": "Bearer", "expires_in": ttl, "id_token": id_token,
     });
-    if state.rotation || !refreshing {
+    let issue_refresh = if refreshing {
+        state.rotation
+    } else {
+        state.refresh_at_login
+    };
+    if issue_refresh {
         let refresh = format!("rt-{}", uuid::Uuid::new_v4());
         state.refresh_tokens.insert(refresh.clone(), (sub, true));
         answer["refresh_token"] = json!(refresh);

@@ -12,6 +12,7 @@ mod properties;
 #[path = "../support/local_provider.rs"]
 #[allow(dead_code)]
 mod provider_login;
+mod providers;
 mod real_idp;
 mod refresh;
 mod rotation;

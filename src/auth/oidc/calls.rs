@@ -33,6 +33,9 @@ impl Oidc {
         for scope in &self.scopes {
             request = request.add_scope(scope.clone());
         }
+        for (name, value) in &self.extra_auth_params {
+            request = request.add_extra_param(name.clone(), value.clone());
+        }
         let (url, state, nonce) = request.url();
         let pending = PendingLogin {
             state: state.secret().clone(),
@@ -169,6 +172,14 @@ impl Oidc {
             .revocation_endpoint
             .clone()
         else {
+            if !self
+                .said_no_revocation
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::info!(
+                    "The provider has no revocation_endpoint; ended logins are not revoked there"
+                );
+            }
             return Ok(());
         };
         let form = [("token", token.expose_secret()), ("token_type_hint", hint)];

@@ -94,6 +94,10 @@ pub struct Oidc {
     scopes: Vec<Scope>,
     /// Where groups come from (`oidc.groups_claim`).
     groups_claim: String,
+    /// Added to every authorization request (`oidc.extra_auth_params`).
+    extra_auth_params: Vec<(String, String)>,
+    /// The missing revocation endpoint has been logged (once per process).
+    said_no_revocation: std::sync::atomic::AtomicBool,
     provider: RwLock<Option<Arc<Provider>>>,
     /// Serializes discovery and JWKS refetches.
     refresh_lock: Mutex<Option<Instant>>,
@@ -147,6 +151,13 @@ impl Oidc {
                 .map(|s| Scope::new(s.clone()))
                 .collect(),
             groups_claim: settings.oidc.groups_claim.clone(),
+            extra_auth_params: settings
+                .oidc
+                .extra_auth_params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            said_no_revocation: Default::default(),
             provider: RwLock::new(None),
             refresh_lock: Mutex::new(None),
         })

@@ -3,8 +3,9 @@ use serde::Deserialize;
 
 use crate::auth::tokens;
 use crate::error::Result;
+use crate::routes::page::{page_layout, render};
 use crate::routes::require_csrf;
-use crate::routes::respond::see_other;
+use crate::routes::respond::{NoStore, see_other};
 use crate::session::TypedSession;
 use crate::state::State;
 
@@ -41,5 +42,20 @@ pub async fn log_out(
         .await;
     tokens::revoke_at_provider(state.oidc.clone(), vec![stored]);
     tracing::info!(user_id = %auth.user_id, "User logged out");
-    Ok(see_other(end_session.as_ref().map_or("/", |u| u.as_str())))
+    // Without RP-initiated logout (Google has none), the shop's own page says what happened.
+    Ok(see_other(
+        end_session.as_ref().map_or("/signed-out", |u| u.as_str()),
+    ))
+}
+
+/// `GET /signed-out`: where logout ends when the provider has no `end_session_endpoint`.
+pub async fn signed_out_page(state: State, session: TypedSession) -> Result<HttpResponse> {
+    let layout = page_layout(&state, &session);
+    Ok(render(
+        &state.tera,
+        "auth/signed_out.html",
+        &layout,
+        serde_json::json!({}),
+    )?
+    .with_no_store())
 }
