@@ -1,6 +1,7 @@
 //! Login state: who is logged in, where to send them back, and who is an admin.
 
 pub mod identity;
+pub mod logout_tokens;
 pub mod oidc;
 pub mod refresh;
 pub mod tokens;

@@ -136,6 +136,9 @@ pub async fn run_until_stopped(
         if let Err(e) = crate::activity::delete_old(&pool).await {
             tracing::warn!(error = %e, "Activity count cleanup failed; will retry");
         }
+        if let Err(e) = crate::auth::logout_tokens::delete_expired(&pool).await {
+            tracing::warn!(error = %e, "Logout token cleanup failed; will retry");
+        }
         match tokens::rekey_all(&pool, &cipher, batch).await {
             Ok(r) if r.resealed > 0 => report_keys(&pool, &cipher, r.resealed).await,
             Ok(_) => {}

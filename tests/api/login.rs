@@ -379,3 +379,57 @@ async fn a_userinfo_answer_for_another_subject_is_ignored_with_a_notice(
     assert_eq!(sub, "alice", "the ID token's subject, not userinfo's");
     assert!(!html.contains("mallory"), "{html}");
 }
+
+#[sqlx::test]
+async fn logout_tokens_per_spec_and_from_older_providers(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    let post = |token: String| {
+        let app = app.clone();
+        async move {
+            let response = app
+                .post_form("/backchannel-logout", &[("logout_token", &token)])
+                .await;
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+
+    // A pre-errata token: `typ: JWT`, no `exp`, a `jti`; and `sid` alone names the session.
+    app.login_as("alice").await;
+    let mut legacy = logout_claims(&app, None, Some("sid-alice"));
+    legacy.as_object_mut().unwrap().remove("exp");
+    let token = app.idp.sign(&legacy, Signing::Key(0), "JWT");
+    assert_eq!(post(token.clone()).await.0, 200);
+    assert_eq!(
+        app.logged_in_sessions().await,
+        0,
+        "the sid-only token ended alice's session"
+    );
+
+    // The same token again is a replay.
+    let (status, body) = post(token).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("already used"), "{body}");
+
+    // Without exp and without jti there is nothing to stop a replay: refused, saying why.
+    let mut bare = logout_claims(&app, Some("alice"), None);
+    let claims = bare.as_object_mut().unwrap();
+    claims.remove("exp");
+    claims.remove("jti");
+    let (status, body) = post(app.idp.sign(&bare, Signing::Key(0), "JWT")).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("neither exp nor jti"), "{body}");
+
+    // Another typ is not a logout token.
+    let (status, body) = post(app.idp.sign(
+        &logout_claims(&app, Some("alice"), None),
+        Signing::Key(0),
+        "at+jwt",
+    ))
+    .await;
+    assert_eq!(status, 400);
+    assert!(body.contains("typ"), "{body}");
+}

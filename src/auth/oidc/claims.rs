@@ -48,18 +48,6 @@ impl ShopClaims {
 }
 impl AdditionalClaims for ShopClaims {}
 
-/// The extra claims of an OIDC Back-Channel Logout token.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct LogoutClaims {
-    #[serde(default)]
-    pub events: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default)]
-    pub sid: Option<String>,
-    #[serde(default)]
-    pub nonce: Option<serde_json::Value>,
-}
-impl AdditionalClaims for LogoutClaims {}
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RevocationMetadata {
     pub revocation_endpoint: Option<RevocationUrl>,
@@ -85,12 +73,6 @@ pub(super) type Metadata = ProviderMetadata<
 >;
 pub(super) type ShopIdToken = IdToken<
     ShopClaims,
-    CoreGenderClaim,
-    CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm,
->;
-pub(super) type LogoutToken = IdToken<
-    LogoutClaims,
     CoreGenderClaim,
     CoreJweContentEncryptionAlgorithm,
     CoreJwsSigningAlgorithm,

@@ -9,9 +9,10 @@ mod claims;
 mod provider;
 mod verify;
 
+pub use verify::LogoutTokenNames;
+
 pub use claims::{
-    LogoutClaims, RevocationMetadata, ShopClaims, ShopIdTokenClaims, ShopUserInfo,
-    stored_token_claims,
+    RevocationMetadata, ShopClaims, ShopIdTokenClaims, ShopUserInfo, stored_token_claims,
 };
 
 use std::sync::{Arc, RwLock};

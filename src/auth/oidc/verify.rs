@@ -7,7 +7,12 @@ use openidconnect::{
     AccessToken, AccessTokenHash, ClaimsVerificationError, Nonce, SignatureVerificationError,
 };
 
-use super::claims::{LogoutToken, ShopIdToken, ShopIdTokenClaims};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openidconnect::JsonWebKey;
+use openidconnect::core::CoreJwsSigningAlgorithm;
+
+use super::claims::{ShopIdToken, ShopIdTokenClaims};
 use super::provider::Provider;
 use super::{Oidc, OidcError};
 
@@ -109,62 +114,167 @@ impl Oidc {
         Ok(claims)
     }
 
-    /// Validates an OIDC Back-Channel Logout token; returns `(sub, sid)`.
-    pub async fn verify_logout_token(
-        &self,
-        raw: &str,
-    ) -> Result<(Option<String>, Option<String>), OidcError> {
-        const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
-        let token: LogoutToken = raw
-            .parse()
-            .map_err(|_| OidcError::InvalidToken("logout_token is not a JWT".into()))?;
-        let claims = self
-            .verify_with_key_refetch("logout_token", |provider| {
-                let client = &provider.client;
-                let verifier = client
-                    .id_token_verifier()
-                    .set_allowed_algs(provider.allowed_algs.clone())
-                    .set_allowed_jose_types(
-                        openidconnect::JsonWebTokenType::new("logout+jwt".into()).normalize(),
-                    )
-                    .set_issue_time_verifier_fn(|iat| {
-                        let now = chrono::Utc::now();
-                        if iat > now + CLOCK_SKEW || iat < now - MAX_ID_TOKEN_AGE - CLOCK_SKEW {
-                            Err("logout token iat out of range".into())
-                        } else {
-                            Ok(())
-                        }
-                    });
-                token
-                    .claims(&verifier, |n: Option<&Nonce>| match n {
-                        None => Ok(()),
-                        Some(_) => Err("a logout token must not contain a nonce".to_owned()),
-                    })
-                    .cloned()
-            })
-            .await?;
-        let extra = claims.additional_claims();
-        if extra.nonce.is_some() {
-            return Err(OidcError::InvalidToken(
-                "a logout token must not contain a nonce".into(),
+    /// Validates an OIDC Back-Channel Logout token (1.0, and the drafts before its 2023
+    /// errata): a JWS signed by one of the provider's keys (the signature checked by the
+    /// `openidconnect` crate's JWK code), `typ` `logout+jwt`, `JWT` or absent, `iss`, `aud`,
+    /// `iat` within minutes, the logout event, no `nonce`, `sub` and/or `sid`. A token
+    /// without `exp` is accepted when it carries a `jti` (remembered by the caller against
+    /// replay). Every rejection says its reason.
+    pub async fn verify_logout_token(&self, raw: &str) -> Result<LogoutTokenNames, OidcError> {
+        let invalid =
+            |why: String| OidcError::InvalidToken(format!("logout_token rejected: {why}"));
+        let mut parts = raw.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid(
+                "not a compact JWS (three dot-separated parts)".into(),
             ));
+        };
+        let decode = |part: &str, what: &str| {
+            URL_SAFE_NO_PAD
+                .decode(part.trim_end_matches('='))
+                .map_err(|_| invalid(format!("its {what} is not base64url")))
+        };
+        let header: JoseHeader = serde_json::from_slice(&decode(header, "header")?)
+            .map_err(|e| invalid(format!("its header is not a JOSE header: {e}")))?;
+        match header
+            .typ
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("jwt") | Some("logout+jwt") | Some("application/logout+jwt") => {}
+            Some(other) => return Err(invalid(format!("typ `{other}` is not logout+jwt or JWT"))),
         }
-        if !extra
+        let alg: CoreJwsSigningAlgorithm = serde_json::from_value(header.alg.clone())
+            .map_err(|_| invalid(format!("unknown alg {}", header.alg)))?;
+        let signature = decode(signature, "signature")?;
+        let signed = &raw[..raw.len() - raw.rsplit('.').next().map_or(0, str::len) - 1];
+        self.verify_with_key_refetch("logout_token", |provider| {
+            if !provider.allowed_algs.contains(&alg) {
+                return Err(ClaimsVerificationError::SignatureVerification(
+                    SignatureVerificationError::DisallowedAlg(format!("{alg:?}")),
+                ));
+            }
+            let key = provider
+                .metadata
+                .jwks()
+                .keys()
+                .iter()
+                .find(|k| match (&header.kid, k.key_id()) {
+                    (Some(kid), Some(id)) => id.as_str() == kid,
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                })
+                .ok_or(ClaimsVerificationError::SignatureVerification(
+                    SignatureVerificationError::NoMatchingKey,
+                ))?;
+            key.verify_signature(&alg, signed.as_bytes(), &signature)
+                .map_err(ClaimsVerificationError::SignatureVerification)
+        })
+        .await?;
+        let claims: LogoutTokenClaims = serde_json::from_slice(&decode(payload, "payload")?)
+            .map_err(|e| invalid(format!("its claims are not what a logout token holds: {e}")))?;
+        if claims.iss.trim_end_matches('/') != self.issuer().trim_end_matches('/') {
+            return Err(invalid(format!(
+                "iss `{}` is not this shop's provider",
+                claims.iss
+            )));
+        }
+        if !claims.aud.contains(self.client_id.as_str()) {
+            return Err(invalid("aud does not name this client".into()));
+        }
+        let now = chrono::Utc::now();
+        let skew = chrono::Duration::from_std(CLOCK_SKEW).expect("small");
+        let max_age = chrono::Duration::from_std(MAX_ID_TOKEN_AGE).expect("small");
+        let iat = chrono::DateTime::from_timestamp(claims.iat, 0)
+            .ok_or_else(|| invalid("iat is not a time".into()))?;
+        if iat > now + skew || iat < now - max_age - skew {
+            return Err(invalid("iat is not within the last few minutes".into()));
+        }
+        let expires_at = match claims.exp {
+            Some(exp) => {
+                let exp = chrono::DateTime::from_timestamp(exp, 0)
+                    .ok_or_else(|| invalid("exp is not a time".into()))?;
+                if exp < now - skew {
+                    return Err(invalid("it has expired".into()));
+                }
+                exp
+            }
+            // Before the 2023 errata, logout tokens had no exp: accepted once, by its jti,
+            // within the iat window.
+            None if claims.jti.is_some() => iat + max_age + skew,
+            None => return Err(invalid("it has neither exp nor jti".into())),
+        };
+        if claims.nonce.is_some() {
+            return Err(invalid("a logout token must not contain a nonce".into()));
+        }
+        if !claims
             .events
             .as_ref()
-            .is_some_and(|e| e.get(EVENT).is_some_and(|v| v.is_object()))
+            .is_some_and(|e| e.get(LOGOUT_EVENT).is_some_and(|v| v.is_object()))
         {
-            return Err(OidcError::InvalidToken(
-                "logout_token lacks the back-channel logout event".into(),
-            ));
+            return Err(invalid("it lacks the back-channel logout event".into()));
         }
-        let sub = Some(claims.subject().as_str().to_owned()).filter(|s| !s.is_empty());
-        let sid = extra.sid.clone();
+        let sub = claims.sub.filter(|s| !s.is_empty());
+        let sid = claims.sid.filter(|s| !s.is_empty());
         if sub.is_none() && sid.is_none() {
-            return Err(OidcError::InvalidToken(
-                "logout_token names neither `sub` nor `sid`".into(),
-            ));
+            return Err(invalid("it names neither `sub` nor `sid`".into()));
         }
-        Ok((sub, sid))
+        Ok(LogoutTokenNames {
+            sub,
+            sid,
+            jti: claims.jti,
+            expires_at,
+        })
     }
+}
+
+const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+
+/// What a verified logout token names, and until when its `jti` must be remembered.
+#[derive(Debug, Clone)]
+pub struct LogoutTokenNames {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: Option<String>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(serde::Deserialize)]
+struct JoseHeader {
+    alg: serde_json::Value,
+    kid: Option<String>,
+    typ: Option<String>,
+}
+
+/// `aud`: one audience or several.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    fn contains(&self, client_id: &str) -> bool {
+        match self {
+            Audience::One(a) => a == client_id,
+            Audience::Many(all) => all.iter().any(|a| a == client_id),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LogoutTokenClaims {
+    iss: String,
+    aud: Audience,
+    iat: i64,
+    exp: Option<i64>,
+    jti: Option<String>,
+    sub: Option<String>,
+    sid: Option<String>,
+    events: Option<serde_json::Map<String, serde_json::Value>>,
+    nonce: Option<serde_json::Value>,
 }

@@ -170,7 +170,7 @@ pub async fn delete_logins_of_user(
 /// (of that subject, when named); with only a `sub`, every login of that user at `issuer`.
 /// Returns how many logins ended.
 pub async fn end_provider_sessions(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     issuer: &str,
     subject: Option<&str>,
     sid: Option<&str>,
@@ -188,7 +188,7 @@ pub async fn end_provider_sessions(
     .bind(issuer)
     .bind(subject)
     .bind(sid)
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(ended.rows_affected())
 }

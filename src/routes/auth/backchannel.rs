@@ -2,7 +2,8 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::oidc::OidcError;
+use crate::auth::logout_tokens;
+use crate::auth::oidc::{LogoutTokenNames, OidcError};
 use crate::auth::tokens;
 use crate::state::State;
 
@@ -28,7 +29,7 @@ pub async fn backchannel_logout(
     let Some(raw) = form.ok().and_then(|f| f.into_inner().logout_token) else {
         return json_error(StatusCode::BAD_REQUEST, "logout_token is missing");
     };
-    let (sub, sid) = match state.oidc.verify_logout_token(&raw).await {
+    let names = match state.oidc.verify_logout_token(&raw).await {
         Ok(names) => names,
         Err(OidcError::Unavailable(_) | OidcError::NoAnswer(_)) => {
             return HttpResponse::ServiceUnavailable()
@@ -40,19 +41,19 @@ pub async fn backchannel_logout(
             return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
-    let ended = tokens::end_provider_sessions(
-        &state.pool,
-        state.oidc.issuer(),
-        sub.as_deref(),
-        sid.as_deref(),
-    )
-    .await;
-    match ended {
-        Ok(done) => {
-            tracing::Span::current().record("ended", done);
+    match end_sessions(&state, &names).await {
+        Ok(Some(ended)) => {
+            tracing::Span::current().record("ended", ended);
             HttpResponse::Ok()
                 .insert_header(("Cache-Control", "no-store"))
                 .finish()
+        }
+        Ok(None) => {
+            tracing::warn!("Rejected a replayed logout token");
+            json_error(
+                StatusCode::BAD_REQUEST,
+                "logout_token rejected: it was already used (jti seen before)",
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "Back-channel logout could not end sessions");
@@ -61,4 +62,24 @@ pub async fn backchannel_logout(
                 .json(json!({ "error": "temporarily_unavailable" }))
         }
     }
+}
+
+/// Remembers the token's `jti` and ends the logins it names, in one transaction (a provider
+/// retrying after a failure is not taken for a replay). `None`: the `jti` was seen before.
+async fn end_sessions(state: &State, names: &LogoutTokenNames) -> Result<Option<u64>, sqlx::Error> {
+    let mut tx = state.pool.begin().await?;
+    if let Some(jti) = &names.jti
+        && !logout_tokens::remember(&mut tx, state.oidc.issuer(), jti, names.expires_at).await?
+    {
+        return Ok(None);
+    }
+    let ended = tokens::end_provider_sessions(
+        &mut tx,
+        state.oidc.issuer(),
+        names.sub.as_deref(),
+        names.sid.as_deref(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(ended))
 }

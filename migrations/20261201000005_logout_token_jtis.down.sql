@@ -1,0 +1,1 @@
+DROP TABLE logout_token_jtis;
