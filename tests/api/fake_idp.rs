@@ -67,6 +67,8 @@ struct State {
     secret_post_only: bool,
     /// `groups` claims put in ID tokens from refreshes, per subject.
     refresh_groups: HashMap<String, Vec<String>>,
+    /// Claims merged into ID tokens from refreshes, per subject (provider-shaped groups).
+    refresh_claims: HashMap<String, Value>,
     /// Every endpoint answers 503 (the whole provider is down).
     down: bool,
     /// Refresh answers carry a new refresh token and spend the old one (Okta, Auth0,
@@ -127,6 +129,7 @@ impl FakeIdp {
             discovery_down: false,
             secret_post_only: false,
             refresh_groups: HashMap::new(),
+            refresh_claims: HashMap::new(),
             down: false,
             rotation: true,
             userinfo_sub: None,
@@ -253,6 +256,15 @@ impl FakeIdp {
     }
 
     /// ID tokens from refreshes for `sub` carry these groups from now on.
+    /// Claims (an object) merged into every ID token a refresh of `sub` returns.
+    pub fn set_refresh_claims(&self, sub: &str, claims: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .refresh_claims
+            .insert(sub.to_owned(), claims);
+    }
+
     pub fn set_refresh_groups(&self, sub: &str, groups: &[&str]) {
         self.state.lock().unwrap().refresh_groups.insert(
             sub.to_owned(),
@@ -500,6 +512,11 @@ async fn token(
             let mut claims = json!({
                 "iss": ctx.issuer, "aud": CLIENT_ID, "sub": sub, "iat": now, "exp": now + 300,
             });
+            if let Some(Value::Object(extra)) = state.refresh_claims.get(&sub) {
+                for (k, v) in extra {
+                    claims[k] = v.clone();
+                }
+            }
             if let Some(groups) = state.refresh_groups.get(&sub) {
                 claims["groups"] = json!(groups);
             }

@@ -79,3 +79,215 @@ async fn a_login_without_a_refresh_token_works_until_its_access_token_expires(
     assert_redirect_to(&app.get("/profile").await, "/login?return_to=%2Fprofile");
     assert_eq!(idp.refresh_calls.load(Ordering::SeqCst), 0);
 }
+
+/// A provider's documented behaviour, as far as the shop sees it.
+struct Profile {
+    /// Access-token lifetime in seconds (scaled down: the ratios are what matter).
+    lifetime: u64,
+    /// Refresh answers carry a new refresh token and spend the old one.
+    rotates: bool,
+    /// No end-session or revocation endpoint (Google).
+    google: bool,
+    /// `oidc.groups_claim`.
+    groups_claim: &'static str,
+    /// Claims that make alice an admin, in this provider's shape.
+    admin: serde_json::Value,
+}
+
+/// Login as an admin, background refresh over three lifetimes with a key rotation in the
+/// middle, then the groups claim disappears (demotion), then logout.
+async fn journey(profile: Profile, opts: PgPoolOptions, db: PgConnectOptions) {
+    use serde_json::json;
+    let (k1, k2) = (
+        crate::helpers::random_b64(32),
+        crate::helpers::random_b64(32),
+    );
+    let key = |b64: &str| -> storefront::configuration::AesKey {
+        serde_json::from_value(json!(b64)).unwrap()
+    };
+    let idp = FakeIdp::start().await;
+    idp.set_access_ttl(profile.lifetime);
+    idp.set_rotation(profile.rotates);
+    if profile.google {
+        idp.behave_like_google();
+    }
+    let groups_claim = profile.groups_claim.to_owned();
+    let before = spawn_app_with_idp(opts.clone(), db.clone(), idp.clone(), |s| {
+        s.oidc.groups_claim = groups_claim.clone();
+        s.refresh.lead_secs = 300;
+        s.tokens.encryption_key = key(&k1);
+    })
+    .await;
+    let admin = profile.admin.clone();
+    before
+        .login_with_claims("alice", |c| {
+            for (k, v) in admin.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+        })
+        .await;
+    assert_eq!(before.get("/admin").await.status().as_u16(), 200);
+    idp.set_refresh_claims("alice", profile.admin.clone());
+
+    let lifetime = Duration::from_secs(profile.lifetime);
+    let (stop, task) = crate::refresh::start_refresher(&before);
+    tokio::time::sleep(lifetime.mul_f64(1.5)).await;
+    stop.cancel();
+    task.await.unwrap();
+    // The keys rotate: a new instance seals with k2 and still opens k1.
+    let after = spawn_app_with_idp(opts, db, idp.clone(), |s| {
+        crate::helpers::same_secrets(s, &before);
+        s.oidc.groups_claim = groups_claim.clone();
+        s.refresh.lead_secs = 300;
+        s.tokens.key_id = "k2".into();
+        s.tokens.encryption_key = key(&k2);
+        s.tokens.previous_keys = vec![serde_json::from_value(json!(format!("k1:{k1}"))).unwrap()];
+    })
+    .await;
+    let after = crate::helpers::TestApp {
+        client: before.client.clone(),
+        ..after
+    };
+    let (stop, task) = crate::refresh::start_refresher(&after);
+    tokio::time::sleep(lifetime.mul_f64(1.5)).await;
+    stop.cancel();
+    task.await.unwrap();
+
+    // About once per lifetime (at half of it, plus up to a 1 s scan): 3 lifetimes, 3 to 7.
+    let grants = idp.refresh_calls.load(Ordering::SeqCst);
+    println!("{grants} refresh grants over 3 lifetimes of {lifetime:?}");
+    assert!((3..=7).contains(&grants), "{grants} grants");
+    assert_eq!(idp.reuses.load(Ordering::SeqCst), 0);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key_id FROM oauth_tokens")
+        .fetch_all(&after.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        ["k2"],
+        "re-sealed by the refreshes after the rotation"
+    );
+    assert_eq!(after.get("/admin").await.status().as_u16(), 200);
+
+    // The provider drops alice from every group: its ID tokens leave the claim out.
+    idp.set_refresh_claims("alice", json!({}));
+    sqlx::query("UPDATE oauth_tokens SET refresh_due_at = now()")
+        .execute(&after.pool)
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    assert_eq!(after.state.refresher.refresh_due(&stop).await.unwrap(), 1);
+    assert_eq!(after.get("/admin").await.status().as_u16(), 403);
+    assert_eq!(
+        after.get("/profile").await.status().as_u16(),
+        200,
+        "still logged in"
+    );
+
+    let csrf = after.csrf_token().await;
+    let logout = after.post_form("/logout", &[("csrf_token", &csrf)]).await;
+    assert_eq!(logout.status().as_u16(), 303);
+    let location = logout.headers()["location"].to_str().unwrap().to_owned();
+    if profile.google {
+        assert_eq!(location, "/signed-out");
+    } else {
+        assert!(
+            location.starts_with(&format!("{}/end-session", idp.issuer)),
+            "{location}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let revoked = idp.revocations.load(Ordering::SeqCst);
+    assert_eq!(revoked, if profile.google { 0 } else { 2 });
+    assert_eq!(after.logged_in_sessions().await, 0);
+}
+
+#[sqlx::test]
+async fn keycloak(opts: PgPoolOptions, db: PgConnectOptions) {
+    // 300 s tokens scaled to 6 s, rotation on, realm roles under realm_access.roles.
+    let admin = serde_json::json!({"realm_access": {"roles": ["admins"]}});
+    journey(
+        Profile {
+            lifetime: 6,
+            rotates: true,
+            google: false,
+            groups_claim: "realm_access.roles",
+            admin,
+        },
+        opts,
+        db,
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn entra_id(opts: PgPoolOptions, db: PgConnectOptions) {
+    // App roles in `roles`; refresh answers keep the old refresh token valid.
+    let admin = serde_json::json!({"roles": ["admins"]});
+    journey(
+        Profile {
+            lifetime: 6,
+            rotates: false,
+            google: false,
+            groups_claim: "roles",
+            admin,
+        },
+        opts,
+        db,
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn google(opts: PgPoolOptions, db: PgConnectOptions) {
+    // No rotation, no end-session or revocation endpoint; groups from a claim of our own.
+    let admin = serde_json::json!({"groups": ["admins"]});
+    journey(
+        Profile {
+            lifetime: 6,
+            rotates: false,
+            google: true,
+            groups_claim: "groups",
+            admin,
+        },
+        opts,
+        db,
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn okta(opts: PgPoolOptions, db: PgConnectOptions) {
+    // Rotation after every use; `groups` omitted once the user is in none.
+    let admin = serde_json::json!({"groups": ["admins"]});
+    journey(
+        Profile {
+            lifetime: 6,
+            rotates: true,
+            google: false,
+            groups_claim: "groups",
+            admin,
+        },
+        opts,
+        db,
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn auth0(opts: PgPoolOptions, db: PgConnectOptions) {
+    // Rotation on; roles only through a namespaced claim set by an Action.
+    let admin = serde_json::json!({"https://shop.example/roles": ["admins"]});
+    journey(
+        Profile {
+            lifetime: 6,
+            rotates: true,
+            google: false,
+            groups_claim: "https://shop.example/roles",
+            admin,
+        },
+        opts,
+        db,
+    )
+    .await;
+}
