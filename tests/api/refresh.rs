@@ -140,7 +140,7 @@ async fn concurrent_requests_on_two_instances_share_one_refresh(
 
 /// Logins created directly in the database: one user and one token row each, with a refresh
 /// token the provider knows and an access token that is already due.
-async fn seed_logins(app: &TestApp, n: usize) {
+pub(crate) async fn seed_logins(app: &TestApp, n: usize) {
     let mut tx = app.pool.begin().await.unwrap();
     for i in 0..n {
         let sub = format!("user{i}");

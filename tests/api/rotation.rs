@@ -73,16 +73,7 @@ async fn background_refreshes_answered_late_lose_no_login(
         s.refresh.max_concurrency = 20;
     })
     .await;
-    let mut tx = app.pool.begin().await.unwrap();
-    for i in 0..20 {
-        let sub = format!("user{i}");
-        TestLogin::new(&sub)
-            .refresh_token(idp.issue_refresh_token(&sub))
-            .expires_in(Duration::ZERO)
-            .insert(&app, &mut tx)
-            .await;
-    }
-    tx.commit().await.unwrap();
+    crate::refresh::seed_logins(&app, 20).await;
 
     proxy.delay_responses(Duration::from_secs(3));
     let stop = CancellationToken::new();
@@ -164,16 +155,7 @@ async fn three_instances_and_a_thousand_tokens_with_a_slow_provider_send_no_toke
         .await;
         apps.push(app);
     }
-    let mut tx = first.pool.begin().await.unwrap();
-    for i in 0..1000 {
-        let sub = format!("user{i}");
-        TestLogin::new(&sub)
-            .refresh_token(idp.issue_refresh_token(&sub))
-            .expires_in(Duration::ZERO)
-            .insert(&first, &mut tx)
-            .await;
-    }
-    tx.commit().await.unwrap();
+    crate::refresh::seed_logins(&first, 1000).await;
 
     // For 20 s every answer takes 2.5 s: longer than any page waits, within a call's deadline.
     proxy.delay_responses(Duration::from_millis(2500));

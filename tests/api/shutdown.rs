@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::fake_idp::{CLIENT_ID, CLIENT_SECRET, FakeIdp, TokenEndpoint};
-use crate::helpers::{
-    TestLogin, browser_client, config_dir, random_b64, spawn_app_with_idp, state_and_nonce,
-};
+use crate::helpers::{browser_client, config_dir, random_b64, spawn_app_with_idp, state_and_nonce};
 
 fn database_url(db: &PgConnectOptions) -> String {
     format!(
@@ -290,16 +288,7 @@ async fn sigterm_mid_refresh_writes_the_answers_releases_the_rest_and_exits_prom
     let mut child = spawn_instance(&db, &idp.issuer, &secrets, &[]).await;
     // The provider acts at once; its answers take 2 s to come back.
     proxy.delay_responses(Duration::from_secs(2));
-    let mut tx = app.pool.begin().await.unwrap();
-    for i in 0..5 {
-        let sub = format!("user{i}");
-        TestLogin::new(&sub)
-            .refresh_token(idp.issue_refresh_token(&sub))
-            .expires_in(Duration::ZERO)
-            .insert(&app, &mut tx)
-            .await;
-    }
-    tx.commit().await.unwrap();
+    crate::refresh::seed_logins(&app, 5).await;
     until(
         Duration::from_secs(20),
         "the refreshes are sent",
