@@ -197,7 +197,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
             .wrap(ErrorHandlers::new().default_handler(routes::errors::render_error_page))
             .wrap(routes::security::headers(&state.settings))
             .wrap(from_fn(routes::metrics::record_requests))
-            .wrap(TracingLogger::default())
+            .wrap(TracingLogger::<routes::request_span::RedactedRootSpan>::new())
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(routes::errors::bad_query))
             .app_data(web::PathConfig::default().error_handler(routes::errors::bad_path))

@@ -8,6 +8,7 @@ pub mod identity;
 pub mod metrics;
 pub mod page;
 pub mod rate_limit;
+pub mod request_span;
 pub mod respond;
 pub mod security;
 pub mod shop;

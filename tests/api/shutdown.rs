@@ -77,6 +77,7 @@ async fn sigterm_drains_the_request_in_flight_and_stops_cleanly(
     let login = client.get(format!("{base}/login")).send().await.unwrap();
     let (state, nonce) = state_and_nonce(&login);
     let code = idp.code_for("alice", &nonce);
+    let secrets_sent = [code.clone(), state.clone()];
     idp.set_token_endpoint(TokenEndpoint::Delay(Duration::from_millis(1500)));
     let callback = {
         let client = client.clone();
@@ -133,6 +134,14 @@ async fn sigterm_drains_the_request_in_flight_and_stops_cleanly(
     assert!(status.success(), "exit status {status:?}\n{output}");
     assert!(output.contains("Token refresher stopped"), "{output}");
     assert!(!output.contains("panicked"), "{output}");
+    // The request was logged (its span is on "User logged in"), its query was not.
+    assert!(output.contains("User logged in"), "{output}");
+    for secret in &secrets_sent {
+        assert!(
+            !output.contains(secret.as_str()),
+            "a code or state in the log:\n{output}"
+        );
+    }
     assert!(
         client.get(format!("{base}/health")).send().await.is_err(),
         "no longer accepting"
