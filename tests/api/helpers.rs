@@ -69,6 +69,20 @@ pub struct TestApp {
 
 pub use crate::provider_login::cookie_client as browser_client;
 
+/// Token keys as configuration holds them: seal with `key` (base64) under `id`, and still
+/// open the `previous` (`(id, base64)`) ones.
+pub fn use_token_keys(settings: &mut Settings, id: &str, key: &str, previous: &[(&str, &str)]) {
+    fn parse<T: serde::de::DeserializeOwned>(v: String) -> T {
+        serde_json::from_value(serde_json::json!(v)).unwrap()
+    }
+    settings.tokens.key_id = id.to_owned();
+    settings.tokens.encryption_key = parse(key.to_owned());
+    settings.tokens.previous_keys = previous
+        .iter()
+        .map(|(id, key)| parse(format!("{id}:{key}")))
+        .collect();
+}
+
 /// Another instance of the same deployment: the same cookie and token keys as `app`.
 pub fn same_secrets(settings: &mut Settings, app: &TestApp) {
     settings.session.secret_key = app.settings.session.secret_key.clone();

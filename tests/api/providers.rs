@@ -9,7 +9,7 @@ use storefront::auth::refresh::Outcome;
 use tokio_util::sync::CancellationToken;
 
 use crate::fake_idp::FakeIdp;
-use crate::helpers::{assert_redirect_to, authorize_param, spawn_app_with_idp};
+use crate::helpers::{assert_redirect_to, authorize_param, spawn_app_with_idp, use_token_keys};
 
 #[sqlx::test]
 async fn google_shaped_provider_refreshes_without_rotation_and_logout_ends_on_our_page(
@@ -102,9 +102,6 @@ async fn journey(profile: Profile, opts: PgPoolOptions, db: PgConnectOptions) {
         crate::helpers::random_b64(32),
         crate::helpers::random_b64(32),
     );
-    let key = |b64: &str| -> storefront::configuration::AesKey {
-        serde_json::from_value(json!(b64)).unwrap()
-    };
     let idp = FakeIdp::start().await;
     idp.set_access_ttl(profile.lifetime);
     idp.set_rotation(profile.rotates);
@@ -115,7 +112,7 @@ async fn journey(profile: Profile, opts: PgPoolOptions, db: PgConnectOptions) {
     let before = spawn_app_with_idp(opts.clone(), db.clone(), idp.clone(), |s| {
         s.oidc.groups_claim = groups_claim.clone();
         s.refresh.lead_secs = 300;
-        s.tokens.encryption_key = key(&k1);
+        use_token_keys(s, "k1", &k1, &[]);
     })
     .await;
     let admin = profile.admin.clone();
@@ -139,9 +136,7 @@ async fn journey(profile: Profile, opts: PgPoolOptions, db: PgConnectOptions) {
         crate::helpers::same_secrets(s, &before);
         s.oidc.groups_claim = groups_claim.clone();
         s.refresh.lead_secs = 300;
-        s.tokens.key_id = "k2".into();
-        s.tokens.encryption_key = key(&k2);
-        s.tokens.previous_keys = vec![serde_json::from_value(json!(format!("k1:{k1}"))).unwrap()];
+        use_token_keys(s, "k2", &k2, &[("k1", &k1)]);
     })
     .await;
     let after = crate::helpers::TestApp {

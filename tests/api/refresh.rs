@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::fake_idp::{FakeIdp, TokenEndpoint};
-use crate::helpers::TestLogin;
 use crate::helpers::{
     TestApp, assert_redirect_to, location, same_secrets, spawn_app_with, spawn_app_with_idp,
 };
+use crate::helpers::{TestLogin, use_token_keys};
 
 /// Runs the app's background refresher until the returned token is cancelled.
 pub(crate) fn start_refresher(app: &TestApp) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -456,11 +456,6 @@ async fn tokens_shorter_lived_than_the_lead_are_refreshed_about_once_per_lifetim
     assert_eq!(app.get("/profile").await.status().as_u16(), 200);
 }
 
-/// A token key as configuration holds it.
-fn aes_key(b64: &str) -> storefront::configuration::AesKey {
-    serde_json::from_value(serde_json::json!(b64)).unwrap()
-}
-
 #[sqlx::test]
 async fn tokens_survive_key_rotation_with_a_provider_that_keeps_its_refresh_token(
     opts: PgPoolOptions,
@@ -473,7 +468,7 @@ async fn tokens_survive_key_rotation_with_a_provider_that_keeps_its_refresh_toke
     let idp = FakeIdp::start().await;
     idp.set_rotation(false);
     let old = spawn_app_with_idp(opts.clone(), db.clone(), idp.clone(), |s| {
-        s.tokens.encryption_key = aes_key(&k1);
+        use_token_keys(s, "k1", &k1, &[]);
     })
     .await;
     old.login_as("alice").await;
@@ -483,10 +478,7 @@ async fn tokens_survive_key_rotation_with_a_provider_that_keeps_its_refresh_toke
     // Rotated: k2 seals, k1 still opens.
     let rotated = spawn_app_with_idp(opts.clone(), db.clone(), idp.clone(), |s| {
         same_secrets(s, &old);
-        s.tokens.key_id = "k2".into();
-        s.tokens.encryption_key = aes_key(&k2);
-        s.tokens.previous_keys =
-            vec![serde_json::from_value(serde_json::json!(format!("k1:{k1}"))).unwrap()];
+        use_token_keys(s, "k2", &k2, &[("k1", &k1)]);
     })
     .await;
     // A refresh that returns no refresh token re-seals the one kept, under k2.
@@ -506,9 +498,7 @@ async fn tokens_survive_key_rotation_with_a_provider_that_keeps_its_refresh_toke
     // With k1 retired, both logins still refresh, and logging out revokes at the provider.
     let retired = spawn_app_with_idp(opts, db, idp.clone(), |s| {
         same_secrets(s, &old);
-        s.tokens.key_id = "k2".into();
-        s.tokens.encryption_key = aes_key(&k2);
-        s.tokens.previous_keys = vec![];
+        use_token_keys(s, "k2", &k2, &[]);
     })
     .await;
     sqlx::query("UPDATE oauth_tokens SET access_expires_at = now()")
@@ -534,16 +524,13 @@ async fn the_re_seal_pass_moves_every_login_to_the_current_key(
         crate::helpers::random_b64(32),
     );
     let old = spawn_app_with(opts.clone(), db.clone(), |s| {
-        s.tokens.encryption_key = aes_key(&k1);
+        use_token_keys(s, "k1", &k1, &[]);
     })
     .await;
     old.login_as("alice").await;
     let rotated = spawn_app_with_idp(opts, db, old.idp.clone(), |s| {
         same_secrets(s, &old);
-        s.tokens.key_id = "k2".into();
-        s.tokens.encryption_key = aes_key(&k2);
-        s.tokens.previous_keys =
-            vec![serde_json::from_value(serde_json::json!(format!("k1:{k1}"))).unwrap()];
+        use_token_keys(s, "k2", &k2, &[("k1", &k1)]);
     })
     .await;
     let before = storefront::auth::tokens::key_usage(&old.pool)

@@ -107,30 +107,7 @@ async fn sigterm_drains_the_request_in_flight_and_stops_cleanly(
         302,
         "the login completed during the drain"
     );
-    let exited_by = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < exited_by,
-            "the binary exits after draining"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut output = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut output)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut output)
-        .unwrap();
+    let (status, output) = exit_of(&mut child, Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status:?}\n{output}");
     assert!(output.contains("Token refresher stopped"), "{output}");
     assert!(!output.contains("panicked"), "{output}");
