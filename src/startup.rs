@@ -18,12 +18,14 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::oidc::Oidc;
 use crate::auth::refresh::{Refresher, RefresherPools};
+use crate::auth::revocation::Revoker;
 use crate::configuration::Settings;
 use crate::crypto::TokenCipher;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
 use crate::routes;
 use crate::routes::rate_limit::RateLimits;
+use crate::session::csrf::CsrfKey;
 use crate::session::{PgSessionStore, SessionTimeouts};
 use crate::state::{AppState, State};
 
@@ -63,6 +65,11 @@ impl Application {
         let cipher = Arc::new(TokenCipher::new(settings.tokens.keys()));
         let metrics = Arc::new(Metrics::new());
         let background_pool = crate::db::background_pool(&pool);
+        let revoker = Arc::new(Revoker::new(
+            background_pool.clone(),
+            cipher.clone(),
+            oidc.clone(),
+        ));
         let refresher = Arc::new(Refresher::new(
             RefresherPools {
                 requests: pool.clone(),
@@ -70,6 +77,7 @@ impl Application {
             },
             cipher.clone(),
             oidc.clone(),
+            revoker.clone(),
             settings.refresh.clone(),
             metrics.refresh_metrics(),
         ));
@@ -82,8 +90,10 @@ impl Application {
             oidc,
             cipher,
             refresher,
+            revoker,
             metrics,
             proxies,
+            csrf_key: CsrfKey::derive(settings.session.secret_key.bytes()),
             settings,
         });
         let server = run(listener, state.clone())?;
@@ -123,6 +133,9 @@ impl Application {
                 stop.clone(),
             )),
         ];
+        tasks.push(tokio::spawn(
+            self.state.revoker.clone().run_until_stopped(stop.clone()),
+        ));
         let refresher = self.state.refresher.clone();
         let drain_stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -191,6 +204,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
         let static_dir = state.settings.server.static_dir.clone();
         App::new()
             .wrap(from_fn(routes::identity::identify))
+            .wrap(from_fn(routes::csrf::anonymous_csrf))
             .wrap(session_middleware(&state.settings, state.pool.clone()))
             .wrap(from_fn(routes::errors::errors_to_responses))
             .wrap(from_fn(routes::errors::limit_query_length))

@@ -9,10 +9,12 @@ use tera::Tera;
 
 use crate::auth::oidc::Oidc;
 use crate::auth::refresh::Refresher;
+use crate::auth::revocation::Revoker;
 use crate::configuration::Settings;
 use crate::crypto::TokenCipher;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
+use crate::session::csrf::CsrfKey;
 
 /// Everything a handler needs, shared by all workers.
 pub struct AppState {
@@ -25,8 +27,12 @@ pub struct AppState {
     pub oidc: Arc<Oidc>,
     pub cipher: Arc<TokenCipher>,
     pub refresher: Arc<Refresher>,
+    /// Sends the revocation outbox; nudged whenever a request ends a login.
+    pub revoker: Arc<Revoker>,
     pub metrics: Arc<Metrics>,
     pub proxies: TrustedProxies,
+    /// Signs the CSRF tokens of visitors without a session.
+    pub csrf_key: CsrfKey,
     pub settings: Settings,
 }
 

@@ -1,12 +1,12 @@
 //! An admin ends one session or every session of its user: the rows go, the audit row is
-//! written, in one transaction; the caller revokes the returned tokens at the provider.
+//! written and their tokens queued for revocation, in one transaction.
 
 use serde::Deserialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::AuditAction;
-use crate::auth::tokens::{self, StoredTokens};
+use crate::auth::tokens::{self, EndReason, EndedLogin};
 use crate::crypto::TokenCipher;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -29,8 +29,8 @@ pub struct Actor<'a> {
 
 pub struct Revoked {
     pub sessions_ended: i64,
-    /// The ended logins' tokens, to revoke at the provider.
-    pub logins: Vec<StoredTokens>,
+    /// The ended logins (their tokens are queued for revocation).
+    pub logins: Vec<EndedLogin>,
 }
 
 /// The session being revoked and its user.
@@ -73,14 +73,16 @@ pub async fn revoke(
             let ended = crate::session::end_sessions_of_logins(&mut tx, &[target.token_id]).await?;
             (
                 ended,
-                tokens::delete_logins(&mut *tx, cipher, &[target.token_id]).await?,
+                tokens::delete_logins(&mut *tx, cipher, &[target.token_id], EndReason::AdminRevoke)
+                    .await?,
             )
         }
         RevokeScope::User => {
             let ended = crate::session::end_sessions_of_user(&mut tx, target.user_id).await?;
             (
                 ended,
-                tokens::delete_logins_of_user(&mut *tx, cipher, target.user_id).await?,
+                tokens::delete_logins_of_user(&mut *tx, cipher, target.user_id, EndReason::AdminRevoke)
+                    .await?,
             )
         }
     };

@@ -4,6 +4,7 @@ pub mod identity;
 pub mod logout_tokens;
 pub mod oidc;
 pub mod refresh;
+pub mod revocation;
 pub mod tokens;
 
 use crate::configuration::AdminSettings;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::{AppError, ErrorMessage};
 use crate::routes::page::Layout;
-use crate::session::watch_for_outage;
+use crate::session::{StoreTrouble, watch_store};
 use crate::state::State;
 
 #[derive(Serialize)]
@@ -178,15 +178,23 @@ pub async fn errors_to_responses(
     next: actix_web::middleware::Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let state = req.app_data::<State>().cloned();
-    match watch_for_outage(next.call(req)).await {
+    match watch_store(next.call(req)).await {
         (Ok(response), _) => Ok(response),
-        (Err(err), outage) => {
-            let status = if outage {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                err.as_response_error().status_code()
+        (Err(err), trouble) => {
+            let (status, message) = match trouble {
+                StoreTrouble::Outage => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    default_message(StatusCode::SERVICE_UNAVAILABLE),
+                ),
+                StoreTrouble::Conflict => (
+                    StatusCode::CONFLICT,
+                    "Another tab changed the same thing at the same moment, so this change was not saved. Please reload the page and try again.",
+                ),
+                StoreTrouble::None => {
+                    let status = err.as_response_error().status_code();
+                    (status, default_message(status))
+                }
             };
-            let message = default_message(status);
             let html = match &state {
                 Some(state) => render_page(&state.tera, status, message, &Layout::anonymous()),
                 None => message.to_owned(),

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod csrf;
 pub mod errors;
 pub mod health;
 pub mod identity;

@@ -1,10 +1,12 @@
 //! Server-side sessions: the Postgres store, typed access to what a session holds, and cleanup.
 
 pub mod cleanup;
+pub mod csrf;
+pub mod merge;
 pub mod pg_store;
 mod typed;
 
-pub use pg_store::{PgSessionStore, SessionTimeouts, watch_for_outage};
+pub use pg_store::{PgSessionStore, SessionTimeouts, StoreTrouble, watch_store};
 pub use typed::TypedSession;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,17 @@ pub(crate) const AUTH_KEY: &str = "__auth";
 pub(crate) const TOKEN_KEY: &str = "token_id";
 /// IP address and user agent recorded at login, for the admin dashboard.
 pub(crate) const CLIENT_KEY: &str = "client";
+/// Logins in flight (several tabs may log in at once).
+pub(crate) const PENDING_LOGINS_KEY: &str = "pending_logins";
+
+/// Entries the store adds on load and reads back on save, never persisted: the row's version
+/// and the state as read (for the compare-and-set and the merge), the cart changes a request
+/// made (to make them again on a fresher cart), and a request for a new session key.
+pub(crate) const VERSION_KEY: &str = "__version";
+pub(crate) const BASE_KEY: &str = "__base";
+pub(crate) const CART_CHANGES_KEY: &str = "__cart_changes";
+pub(crate) const REKEY_KEY: &str = "__rekey";
+const DERIVED_KEYS: [&str; 5] = [AUTH_KEY, VERSION_KEY, BASE_KEY, CART_CHANGES_KEY, REKEY_KEY];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientInfo {

@@ -6,6 +6,11 @@
 //! - The same statement joins the login's user and token health and hands them to the request
 //!   as the read-only [`AUTH_KEY`] entry: "who is this and must they log in again" costs no
 //!   second round trip, and a revoked session is anonymous on its very next request.
+//! - A write is a compare-and-set on the row's `version`: when another request of the session
+//!   wrote first, the fresh state is read and this request's changes merged into it
+//!   ([`super::merge`]), a few times at most; a merge that is impossible is a 409. A session
+//!   that ended meanwhile (logout, revoke, expiry) is never written back with its login.
+//! - Renewing the key (at login) is the same compare-and-set, with a new `key_hash`.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -17,28 +22,50 @@ use anyhow::Context;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{AUTH_KEY, AuthState, CLIENT_KEY, ClientInfo, TOKEN_KEY};
-use crate::auth::tokens::RefreshStatus;
+use super::merge::{Conflict, merge};
+use super::{
+    AUTH_KEY, AuthState, BASE_KEY, CART_CHANGES_KEY, CLIENT_KEY, ClientInfo, DERIVED_KEYS,
+    REKEY_KEY, TOKEN_KEY, VERSION_KEY,
+};
+use crate::auth::tokens::{self, EndReason, RefreshStatus};
+use crate::shop::cart::CartChange;
 use crate::crypto::{random_token, sha256};
 
 type State = HashMap<String, String>;
 
-tokio::task_local! {
-    /// Whether the store found Postgres unreachable while serving the current request.
-    /// actix-session turns every store error into an opaque 500; this is how the error page
-    /// learns that it was an outage (503) rather than a bug.
-    static OUTAGE: Cell<bool>;
+/// What went wrong in the store while serving a request. actix-session turns every store
+/// error into an opaque 500; this is how the error page learns the real status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreTrouble {
+    #[default]
+    None,
+    /// Postgres was unreachable: 503.
+    Outage,
+    /// Another request changed the same part of the session at the same time: 409.
+    Conflict,
 }
 
-/// Runs `request` and reports whether the session store met a database outage in it.
-pub async fn watch_for_outage<F: Future>(request: F) -> (F::Output, bool) {
-    OUTAGE
-        .scope(Cell::new(false), async {
+tokio::task_local! {
+    static TROUBLE: Cell<StoreTrouble>;
+}
+
+/// Runs `request` and reports what trouble the session store met in it.
+pub async fn watch_store<F: Future>(request: F) -> (F::Output, StoreTrouble) {
+    TROUBLE
+        .scope(Cell::new(StoreTrouble::None), async {
             let output = request.await;
-            (output, OUTAGE.with(Cell::get))
+            (output, TROUBLE.with(Cell::get))
         })
         .await
 }
+
+fn report(trouble: StoreTrouble) {
+    // Outside a watched request (a test calling the store directly) there is no one to tell.
+    let _ = TROUBLE.try_with(|t| t.set(trouble));
+}
+
+/// How many times a write is merged into a fresher state before giving up with a 409.
+const MAX_MERGES: usize = 8;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionTimeouts {
@@ -112,6 +139,133 @@ impl PgSessionStore {
         .map_err(classify)?;
         Ok(key)
     }
+    /// The compare-and-set: writes `columns` (under `new_key`) if the row still has
+    /// `version` and has not expired. Returns whether it wrote.
+    async fn write(
+        &self,
+        key: &SessionKey,
+        new_key: &SessionKey,
+        version: Option<i64>,
+        columns: &Columns,
+    ) -> Result<bool, sqlx::Error> {
+        // A token id that no longer exists (revoked meanwhile) is stored as NULL.
+        let updated = sqlx::query(
+            r#"
+            UPDATE sessions
+            SET key_hash = $2,
+                state = $3,
+                token_id = (SELECT token_id FROM logins WHERE token_id = $4),
+                ip = COALESCE($5::inet, ip),
+                user_agent = COALESCE($6, user_agent),
+                last_seen_at = now(),
+                expires_at = LEAST(now() + make_interval(secs => $7), absolute_expires_at)
+            WHERE key_hash = $1 AND ($8::bigint IS NULL OR version = $8)
+              AND expires_at > now() AND absolute_expires_at > now()
+            "#,
+        )
+        .bind(hash(key))
+        .bind(hash(new_key))
+        .bind(&columns.state)
+        .bind(columns.token_id)
+        .bind(&columns.client.ip)
+        .bind(&columns.client.user_agent)
+        .bind(self.idle_secs())
+        .bind(version)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// The session's state and version as they are now; `None` if it has ended.
+    async fn fresh(&self, key: &SessionKey) -> Result<Option<(State, i64)>, sqlx::Error> {
+        let row: Option<(serde_json::Value, i64, Option<Uuid>)> = sqlx::query_as(
+            r#"
+            SELECT state, version, token_id FROM sessions
+            WHERE key_hash = $1 AND expires_at > now() AND absolute_expires_at > now()
+            "#,
+        )
+        .bind(hash(key))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(state, version, token_id)| {
+            let mut state: State = serde_json::from_value(state).unwrap_or_default();
+            if token_id.is_none() {
+                state.remove(TOKEN_KEY);
+            }
+            (state, version)
+        }))
+    }
+
+    /// The session ended while the request ran (logout, revoke, expiry). Its login is never
+    /// written back: a request that held one writes nothing. A request that completed a new
+    /// login, or an anonymous one (a cart, a login on its way), starts a new session.
+    async fn ended_meanwhile(
+        &self,
+        key: SessionKey,
+        write: Write,
+    ) -> Result<SessionKey, UpdateError> {
+        let held = write.base.get(TOKEN_KEY);
+        let holds = write.mine.get(TOKEN_KEY);
+        if holds.is_some() && holds == held {
+            tracing::info!("The session ended while a request ran; its changes are dropped");
+            return Ok(key);
+        }
+        self.insert(write.mine).await.map_err(UpdateError::Other)
+    }
+
+    /// A new login completed in a session that held another: the old one ends (its tokens
+    /// are queued for revocation) rather than being refreshed on with no session.
+    async fn end_replaced_login(&self, base: &State, now: Option<Uuid>) {
+        let Some(before) = base
+            .get(TOKEN_KEY)
+            .and_then(|v| serde_json::from_str::<Uuid>(v).ok())
+        else {
+            return;
+        };
+        if now.is_none() || now == Some(before) {
+            return;
+        }
+        if let Err(e) = tokens::end_logins(&self.pool, &[before], EndReason::Replaced).await {
+            // Cleanup ends it later as an orphan.
+            tracing::warn!(error = %e, token_id = %before, "Cannot end the login a new one replaced");
+        }
+    }
+}
+
+/// A request's write: its state, the state and version it read, and what the store must know.
+struct Write {
+    mine: State,
+    base: State,
+    version: Option<i64>,
+    cart_changes: Vec<CartChange>,
+    rekey: bool,
+}
+
+impl Write {
+    fn from_state(mut state: State) -> anyhow::Result<Self> {
+        let version = state
+            .remove(VERSION_KEY)
+            .map(|v| v.parse::<i64>())
+            .transpose()
+            .context("session version")?;
+        let base = match state.remove(BASE_KEY) {
+            Some(json) => serde_json::from_str(&json).context("session base state")?,
+            None => State::new(),
+        };
+        let cart_changes = match state.remove(CART_CHANGES_KEY) {
+            Some(json) => serde_json::from_str(&json).context("cart changes")?,
+            None => Vec::new(),
+        };
+        let rekey = state.remove(REKEY_KEY).is_some();
+        state.remove(AUTH_KEY);
+        Ok(Self {
+            mine: state,
+            base,
+            version,
+            cart_changes,
+            rekey,
+        })
+    }
 }
 
 /// What the `sessions` row keeps outside the jsonb state.
@@ -123,8 +277,10 @@ struct Columns {
 
 impl Columns {
     fn from_state(mut state: State) -> anyhow::Result<Self> {
-        // Derived on every load; never persisted.
-        state.remove(AUTH_KEY);
+        // Derived on every load or written for the store; never persisted.
+        for key in DERIVED_KEYS {
+            state.remove(key);
+        }
         let token_id = match state.get(TOKEN_KEY) {
             Some(v) => Some(serde_json::from_str::<Uuid>(v).context("token id in session")?),
             None => None,
@@ -147,6 +303,13 @@ fn new_session_key() -> SessionKey {
         .expect("43 characters is a valid session key")
 }
 
+fn same_key(key: &SessionKey) -> SessionKey {
+    key.as_ref()
+        .to_owned()
+        .try_into()
+        .expect("a valid session key stays valid")
+}
+
 fn hash(key: &SessionKey) -> Vec<u8> {
     sha256(key.as_ref().as_bytes()).to_vec()
 }
@@ -155,8 +318,7 @@ fn hash(key: &SessionKey) -> Vec<u8> {
 fn classify(err: sqlx::Error) -> anyhow::Error {
     tracing::warn!(error = ?err, "Session store query failed");
     if crate::db::is_unavailable(&err) {
-        // Outside a watched request (a test calling the store directly) there is no one to tell.
-        let _ = OUTAGE.try_with(|outage| outage.set(true));
+        report(StoreTrouble::Outage);
     }
     anyhow::Error::new(err)
 }
@@ -165,6 +327,7 @@ fn classify(err: sqlx::Error) -> anyhow::Error {
 struct LoadedRow {
     session_id: Uuid,
     state: serde_json::Value,
+    version: i64,
     last_seen_at: chrono::DateTime<chrono::Utc>,
     user_id: Option<Uuid>,
     subject: Option<String>,
@@ -182,7 +345,7 @@ impl SessionStore for PgSessionStore {
         // A plain read in steady state: the session, its login and the user in one query.
         let row: Option<LoadedRow> = sqlx::query_as(
             r#"
-            SELECT s.session_id, s.state, s.last_seen_at, l.user_id, l.subject, l.email,
+            SELECT s.session_id, s.state, s.version, s.last_seen_at, l.user_id, l.subject, l.email,
                    l.email_verified, l.name, l.groups, l.token_id, l.access_expires_at,
                    l.refresh_status
             FROM sessions s
@@ -206,28 +369,35 @@ impl SessionStore for PgSessionStore {
         let Some(row) = row else { return Ok(None) };
         let mut state: State =
             serde_json::from_value(row.state).map_err(|e| LoadError::Deserialization(e.into()))?;
-        state.remove(AUTH_KEY);
-        match (row.user_id, row.token_id, row.access_expires_at) {
-            (Some(user_id), Some(token_id), Some(access_expires_at)) => {
-                let auth = AuthState {
-                    user_id,
-                    token_id,
-                    subject: row.subject.unwrap_or_default(),
-                    email: row.email,
-                    email_verified: row.email_verified.unwrap_or(false),
-                    name: row.name,
-                    groups: row.groups.unwrap_or_default(),
-                    access_expires_at,
-                    refresh_status: row.refresh_status.unwrap_or(RefreshStatus::Ok),
-                };
-                let json = serde_json::to_string(&auth)
-                    .map_err(|e| LoadError::Deserialization(e.into()))?;
-                state.insert(AUTH_KEY.to_owned(), json);
-            }
+        for key in DERIVED_KEYS {
+            state.remove(key);
+        }
+        let auth = match (row.user_id, row.token_id, row.access_expires_at) {
+            (Some(user_id), Some(token_id), Some(access_expires_at)) => Some(AuthState {
+                user_id,
+                token_id,
+                subject: row.subject.unwrap_or_default(),
+                email: row.email,
+                email_verified: row.email_verified.unwrap_or(false),
+                name: row.name,
+                groups: row.groups.unwrap_or_default(),
+                access_expires_at,
+                refresh_status: row.refresh_status.unwrap_or(RefreshStatus::Ok),
+            }),
             // The login behind this session is gone (logout elsewhere, revoked): anonymous.
             _ => {
                 state.remove(TOKEN_KEY);
+                None
             }
+        };
+        // What this request read, for the compare-and-set and the merge on save.
+        let base = serde_json::to_string(&state).map_err(|e| LoadError::Deserialization(e.into()))?;
+        state.insert(BASE_KEY.to_owned(), base);
+        state.insert(VERSION_KEY.to_owned(), row.version.to_string());
+        if let Some(auth) = auth {
+            let json =
+                serde_json::to_string(&auth).map_err(|e| LoadError::Deserialization(e.into()))?;
+            state.insert(AUTH_KEY.to_owned(), json);
         }
         Ok(Some(state))
     }
@@ -242,36 +412,42 @@ impl SessionStore for PgSessionStore {
         state: State,
         _ttl: &CookieDuration,
     ) -> Result<SessionKey, UpdateError> {
-        let columns = Columns::from_state(state.clone()).map_err(UpdateError::Serialization)?;
-        // A token id that no longer exists (revoked meanwhile) is stored as NULL: the session
-        // stays, the login does not come back.
-        let updated = sqlx::query(
-            r#"
-            UPDATE sessions
-            SET state = $2,
-                token_id = (SELECT token_id FROM logins WHERE token_id = $3),
-                ip = COALESCE($4::inet, ip),
-                user_agent = COALESCE($5, user_agent),
-                last_seen_at = now(),
-                expires_at = LEAST(now() + make_interval(secs => $6), absolute_expires_at)
-            WHERE key_hash = $1 AND expires_at > now()
-            "#,
-        )
-        .bind(hash(&session_key))
-        .bind(&columns.state)
-        .bind(columns.token_id)
-        .bind(columns.client.ip)
-        .bind(columns.client.user_agent)
-        .bind(self.idle_secs())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| UpdateError::Other(classify(e)))?;
-        if updated.rows_affected() == 1 {
-            Ok(session_key)
+        let mut write = Write::from_state(state).map_err(UpdateError::Serialization)?;
+        let new_key = if write.rekey {
+            new_session_key()
         } else {
-            // Expired or deleted while this request ran: start a new session with a new key.
-            self.insert(state).await.map_err(UpdateError::Other)
+            same_key(&session_key)
+        };
+        for _ in 0..MAX_MERGES {
+            let columns = Columns::from_state(write.mine.clone()).map_err(UpdateError::Serialization)?;
+            if self
+                .write(&session_key, &new_key, write.version, &columns)
+                .await
+                .map_err(|e| UpdateError::Other(classify(e)))?
+            {
+                self.end_replaced_login(&write.base, columns.token_id).await;
+                return Ok(new_key);
+            }
+            let Some((fresh, version)) = self
+                .fresh(&session_key)
+                .await
+                .map_err(|e| UpdateError::Other(classify(e)))?
+            else {
+                return self.ended_meanwhile(session_key, write).await;
+            };
+            write.mine = merge(&write.base, &write.mine, &fresh, &write.cart_changes).map_err(
+                |conflict: Conflict| {
+                    tracing::info!(%conflict, "Session write refused");
+                    report(StoreTrouble::Conflict);
+                    UpdateError::Other(conflict.into())
+                },
+            )?;
+            write.base = fresh;
+            write.version = Some(version);
         }
+        tracing::warn!("Session write still racing after {MAX_MERGES} merges; refused");
+        report(StoreTrouble::Conflict);
+        Err(UpdateError::Other(anyhow::anyhow!("session write kept racing")))
     }
 
     async fn update_ttl(

@@ -10,12 +10,15 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::{AUTH_KEY, AuthState, CLIENT_KEY, ClientInfo, PendingLogin, TOKEN_KEY};
+use super::csrf::AnonymousCsrf;
+use super::{
+    AUTH_KEY, AuthState, CART_CHANGES_KEY, CLIENT_KEY, ClientInfo, PENDING_LOGINS_KEY,
+    PendingLogin, REKEY_KEY, TOKEN_KEY,
+};
 use crate::crypto::{constant_time_eq, random_token};
-use crate::shop::cart::{CART_KEY, Cart};
+use crate::shop::cart::{CART_KEY, Cart, CartChange};
 
 const CSRF_KEY: &str = "csrf";
-const PENDING_LOGINS_KEY: &str = "pending_logins";
 /// Several tabs may log in at once; beyond this the oldest attempt is forgotten.
 const MAX_PENDING_LOGINS: usize = 5;
 /// A login attempt must come back from the provider within this many seconds.
@@ -42,6 +45,8 @@ fn identity(session: &Session, extensions: &mut Extensions) -> Option<Rc<AuthSta
 pub struct TypedSession {
     session: Session,
     auth: RefCell<Option<Rc<AuthState>>>,
+    /// The cookie-bound CSRF token of a visitor whose session holds none.
+    anonymous_csrf: Option<Rc<AnonymousCsrf>>,
 }
 
 impl TypedSession {
@@ -50,6 +55,7 @@ impl TypedSession {
         Self {
             session,
             auth: RefCell::new(auth),
+            anonymous_csrf: extensions.get::<Rc<AnonymousCsrf>>().cloned(),
         }
     }
 
@@ -70,8 +76,10 @@ impl TypedSession {
 
     /// Binds the session to a completed login. Renews the key first: the cookie an attacker
     /// may have planted before login is worthless afterwards (no session fixation).
+    /// The store renews the key in the same compare-and-set that writes the login, so a cart
+    /// line added by another tab at that moment is kept.
     pub fn log_in(&self, token_id: Uuid, client: &ClientInfo) -> Result<(), SessionInsertError> {
-        self.session.renew();
+        self.session.insert(REKEY_KEY, true)?;
         self.session.insert(TOKEN_KEY, token_id)?;
         self.session.insert(CLIENT_KEY, client)?;
         // A fresh CSRF token for the logged-in session.
@@ -90,28 +98,44 @@ impl TypedSession {
         self.session.purge();
     }
 
-    /// The session's CSRF token, created on first use.
+    /// The CSRF token for a page's forms: the session's own (a logged-in session has one),
+    /// else the cookie-bound one ([`super::csrf`]), which costs no database write.
     pub fn csrf_token(&self) -> String {
         if let Ok(Some(token)) = self.session.get::<String>(CSRF_KEY) {
             return token;
         }
+        if let Some(anonymous) = &self.anonymous_csrf {
+            return anonymous.token();
+        }
+        // Without the cookie middleware (never in the server): a token kept in the session.
         let token = random_token(32);
-        // Inserting a String cannot fail to serialize.
         let _ = self.session.insert(CSRF_KEY, &token);
         token
     }
 
-    /// The CSRF token if the session has one already (error pages must not write).
+    /// The CSRF token if there is one already (error pages must not write).
     pub fn existing_csrf_token(&self) -> Option<String> {
-        self.session.get::<String>(CSRF_KEY).ok().flatten()
+        self.session
+            .get::<String>(CSRF_KEY)
+            .ok()
+            .flatten()
+            .or_else(|| self.anonymous_csrf.as_ref()?.existing_token())
     }
 
-    /// Compares a submitted CSRF token with the session's, in constant time.
+    /// Compares a submitted CSRF token with the session's, in constant time; without a
+    /// login, the token bound to the browser's CSRF cookie is accepted too.
     pub fn check_csrf(&self, submitted: &str) -> bool {
-        match self.session.get::<String>(CSRF_KEY) {
-            Ok(Some(expected)) => !submitted.is_empty() && constant_time_eq(&expected, submitted),
-            _ => false,
+        if let Ok(Some(expected)) = self.session.get::<String>(CSRF_KEY)
+            && !submitted.is_empty()
+            && constant_time_eq(&expected, submitted)
+        {
+            return true;
         }
+        self.auth().is_none()
+            && self
+                .anonymous_csrf
+                .as_ref()
+                .is_some_and(|a| a.accepts(submitted))
     }
 
     pub fn begin_login(&self, login: PendingLogin) -> Result<(), SessionInsertError> {
@@ -161,7 +185,22 @@ impl TypedSession {
             .unwrap_or_default()
     }
 
-    pub fn set_cart(&self, cart: &Cart) -> Result<(), SessionInsertError> {
+    /// Stores `cart`, the result of `changes` on [`Self::cart`]. The changes are kept for
+    /// the store, which makes them again on a fresher cart if another request of this
+    /// session changed it meanwhile.
+    pub fn change_cart(
+        &self,
+        cart: &Cart,
+        changes: impl IntoIterator<Item = CartChange>,
+    ) -> Result<(), SessionInsertError> {
+        let mut recorded: Vec<CartChange> = self
+            .session
+            .get(CART_CHANGES_KEY)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        recorded.extend(changes);
+        self.session.insert(CART_CHANGES_KEY, recorded)?;
         if cart.is_empty() {
             self.session.remove(CART_KEY);
             Ok(())

@@ -109,12 +109,80 @@ impl Cart {
         self.lines.retain(|l| l.product_id != product_id);
     }
 
-    /// Drops lines whose product is no longer on sale; returns whether any were dropped.
-    pub fn retain_available(&mut self, products: &[Product]) -> bool {
-        let before = self.lines.len();
-        self.lines
-            .retain(|l| products.iter().any(|p| p.product_id == l.product_id));
-        self.lines.len() != before
+    /// Drops lines whose product is no longer on sale; returns the changes made.
+    pub fn retain_available(&mut self, products: &[Product]) -> Vec<CartChange> {
+        let gone: Vec<CartChange> = self
+            .lines
+            .iter()
+            .filter(|l| !products.iter().any(|p| p.product_id == l.product_id))
+            .map(|l| CartChange::Remove {
+                product_id: l.product_id,
+            })
+            .collect();
+        for change in &gone {
+            self.replay(change);
+        }
+        gone
+    }
+}
+
+/// One change a request made to the cart, kept so that it can be made again on a cart that
+/// another request of the same session changed meanwhile (the session store's merge): two
+/// tabs adding at once both keep their lines, and an add racing a checkout does not put the
+/// ordered lines back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum CartChange {
+    Add { product_id: i64, quantity: u32 },
+    Set { product_id: i64, quantity: u32 },
+    Remove { product_id: i64 },
+    /// These lines were ordered: their quantities leave the cart.
+    Ordered { lines: Vec<CartLine> },
+}
+
+impl Cart {
+    /// Makes `change` again on this cart. The bounds still hold (at most [`MAX_QUANTITY`] of a
+    /// product, [`MAX_LINES`] lines); stock was checked when the change was first made and is
+    /// checked again at checkout.
+    pub fn replay(&mut self, change: &CartChange) {
+        let set = |cart: &mut Cart, product_id: i64, quantity: u32| {
+            let quantity = quantity.min(MAX_QUANTITY);
+            if quantity == 0 {
+                cart.remove(product_id);
+                return;
+            }
+            let full = cart.lines.len() >= MAX_LINES;
+            match cart.lines.iter_mut().find(|l| l.product_id == product_id) {
+                Some(line) => line.quantity = quantity,
+                None if full => {}
+                None => cart.lines.push(CartLine {
+                    product_id,
+                    quantity,
+                }),
+            }
+        };
+        match change {
+            CartChange::Add {
+                product_id,
+                quantity,
+            } => {
+                let total = self.quantity_of(*product_id).saturating_add(*quantity);
+                set(self, *product_id, total);
+            }
+            CartChange::Set {
+                product_id,
+                quantity,
+            } => set(self, *product_id, *quantity),
+            CartChange::Remove { product_id } => self.remove(*product_id),
+            CartChange::Ordered { lines } => {
+                for ordered in lines {
+                    let left = self
+                        .quantity_of(ordered.product_id)
+                        .saturating_sub(ordered.quantity);
+                    set(self, ordered.product_id, left);
+                }
+            }
+        }
     }
 }
 
@@ -216,6 +284,43 @@ mod tests {
     }
 
     #[test]
+    fn replayed_changes_apply_to_whatever_the_cart_holds_now() {
+        let mut cart = Cart::default();
+        cart.replay(&CartChange::Add {
+            product_id: 1,
+            quantity: 2,
+        });
+        cart.replay(&CartChange::Add {
+            product_id: 1,
+            quantity: 98,
+        });
+        assert_eq!(cart.count(), MAX_QUANTITY, "capped, not refused");
+        cart.replay(&CartChange::Add {
+            product_id: 2,
+            quantity: 1,
+        });
+        cart.replay(&CartChange::Ordered {
+            lines: vec![CartLine {
+                product_id: 1,
+                quantity: 99,
+            }],
+        });
+        assert_eq!(
+            cart.lines(),
+            &[CartLine {
+                product_id: 2,
+                quantity: 1
+            }],
+            "ordered lines leave, others stay"
+        );
+        cart.replay(&CartChange::Set {
+            product_id: 2,
+            quantity: 0,
+        });
+        assert!(cart.is_empty());
+    }
+
+    #[test]
     fn totals_use_catalogue_prices() {
         let mut cart = Cart::default();
         let (a, mut b) = (product(1, 10), product(2, 10));
@@ -227,7 +332,10 @@ mod tests {
         assert_eq!(priced.lines[0].product.product_id, 1, "cart order kept");
         assert_eq!(priced.count, 3);
         // A product that left the catalogue drops out.
-        assert!(cart.retain_available(&[a]));
+        assert_eq!(
+            cart.retain_available(&[a]),
+            vec![CartChange::Remove { product_id: 2 }]
+        );
         assert_eq!(cart.lines().len(), 1);
     }
 }

@@ -253,6 +253,20 @@ impl TestApp {
         .await
     }
 
+    /// Sends what the revocation outbox holds, as the background sender would; returns how
+    /// many revocations the provider accepted.
+    pub async fn send_revocations(&self) -> u64 {
+        self.state.revoker.send_due().await.unwrap().sent
+    }
+
+    /// Revocations waiting in the outbox.
+    pub async fn queued_revocations(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM revocation_outbox")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn logged_in_sessions(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM sessions WHERE token_id IS NOT NULL")
             .fetch_one(&self.pool)

@@ -137,13 +137,10 @@ async fn logout_revokes_deletes_and_goes_to_the_end_session_endpoint(
         .await
         .unwrap();
     assert_eq!(tokens, 0);
-    // Revocation runs in the background.
-    for _ in 0..50 {
-        if app.idp.revocations.load(Ordering::SeqCst) >= 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Queued with the logout in the same statement, sent by the outbox's sender.
+    assert_eq!(app.queued_revocations().await, 2);
+    assert_eq!(app.send_revocations().await, 2);
+    assert_eq!(app.queued_revocations().await, 0);
     assert_eq!(
         app.idp.revocations.load(Ordering::SeqCst),
         2,

@@ -191,7 +191,8 @@ async fn journey(profile: Profile, opts: PgPoolOptions, db: PgConnectOptions) {
             "{location}"
         );
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Queued with the logout, sent by the outbox's sender (here, driven by the test).
+    after.send_revocations().await;
     let revoked = idp.revocations.load(Ordering::SeqCst);
     assert_eq!(revoked, if profile.google { 0 } else { 2 });
     assert_eq!(after.logged_in_sessions().await, 0);

@@ -203,13 +203,18 @@ impl Oidc {
             .send()
             .await
             .map_err(|e| OidcError::Unavailable(error_chain(&e)))?;
-        if response.status().is_success() {
+        let status = response.status();
+        if status.is_success() {
             Ok(())
+        } else if status.is_server_error() || status.as_u16() == 429 {
+            Err(OidcError::Unavailable(format!("revocation answered {status}")))
         } else {
-            Err(OidcError::InvalidResponse(format!(
-                "revocation answered {}",
-                response.status()
-            )))
+            // RFC 7009 § 2.2.1: `unsupported_token_type`, `invalid_client`, … — sending the
+            // same request again cannot succeed.
+            Err(OidcError::Refused {
+                error: format!("revocation answered {status}"),
+                description: None,
+            })
         }
     }
 

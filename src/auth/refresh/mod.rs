@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::oidc::{Oidc, OidcError, Refreshed};
+use super::revocation::Revoker;
 use super::tokens::{self, Claimed};
 use crate::configuration::RefreshSettings;
 use crate::crypto::TokenCipher;
@@ -73,6 +74,8 @@ pub struct Refresher {
     background: PgPool,
     cipher: Arc<TokenCipher>,
     oidc: Arc<Oidc>,
+    /// Woken when a refresh finds its login ended and queues the new tokens.
+    revoker: Arc<Revoker>,
     settings: RefreshSettings,
     limiter: Limiter,
     stats: RefreshStats,
@@ -93,6 +96,7 @@ impl Refresher {
         pools: RefresherPools,
         cipher: Arc<TokenCipher>,
         oidc: Arc<Oidc>,
+        revoker: Arc<Revoker>,
         settings: RefreshSettings,
         metrics: RefreshMetrics,
     ) -> Self {
@@ -102,6 +106,7 @@ impl Refresher {
             background: pools.background,
             cipher,
             oidc,
+            revoker,
             settings,
             stats: RefreshStats::new(metrics),
             flights: SyncMutex::new(HashMap::new()),
@@ -254,6 +259,15 @@ impl Refresher {
                 let saved = self.save(row, claim, &refreshed, rotated).await?;
                 self.stats.observe_write(answered.elapsed());
                 if saved.is_none() {
+                    // A logout or revoke that won the race: the new tokens are revoked too,
+                    // nothing is written back for a login that is gone.
+                    if tokens::queue_if_ended(pool, &self.cipher, row.token_id, &refreshed.tokens)
+                        .await?
+                    {
+                        tracing::info!(token_id = %row.token_id, "Refreshed a login that ended meanwhile; its new tokens are queued for revocation");
+                        self.revoker.nudge();
+                        return Ok(Attempt::Changed);
+                    }
                     tracing::warn!(token_id = %row.token_id, "Refreshed, but the login moved on meanwhile; answer not stored");
                     return Ok(Attempt::Changed);
                 }

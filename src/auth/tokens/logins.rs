@@ -2,14 +2,14 @@
 //! (their sessions go with them through the foreign key) for logout, revocation, back-channel
 //! logout and cleanup.
 
-use std::sync::Arc;
-
+use secrecy::SecretString;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{StoredTokens, TokenRow, schedule, seal, token_row};
+use super::outbox::{EndReason, queue_from};
+use super::{decrypt_id_token, schedule, seal};
 use crate::activity::ActivityEvent;
-use crate::auth::oidc::{Login, Oidc, TokenSet};
+use crate::auth::oidc::{Login, TokenSet};
 use crate::configuration::Cadence;
 use crate::crypto::TokenCipher;
 
@@ -116,134 +116,183 @@ pub async fn insert_tokens(
     Ok(token_id)
 }
 
-/// Decrypts deleted rows for revocation; a row that cannot be decrypted is left out (and
-/// said so), it is deleted all the same.
-fn opened(cipher: &TokenCipher, rows: Vec<TokenRow>) -> Vec<StoredTokens> {
+/// A login that has ended: its tokens are queued for revocation; the ID token is handed back
+/// as the `id_token_hint` of RP-initiated logout.
+pub struct EndedLogin {
+    pub token_id: Uuid,
+    pub user_id: Uuid,
+    pub id_token: Option<SecretString>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EndedRow {
+    token_id: Uuid,
+    user_id: Uuid,
+    key_id: String,
+    id_token: Option<Vec<u8>>,
+}
+
+fn ended(cipher: &TokenCipher, rows: Vec<EndedRow>) -> Vec<EndedLogin> {
     rows.into_iter()
-        .filter_map(|row| {
-            let token_id = row.token_id;
-            row.open(cipher)
-                .inspect_err(|e| tracing::warn!(error = %e, %token_id, "Cannot decrypt a deleted login's tokens; not revoked at the provider"))
-                .ok()
+        .map(|row| EndedLogin {
+            id_token: row.id_token.as_deref().and_then(|sealed| {
+                decrypt_id_token(cipher, row.token_id, &row.key_id, sealed)
+                    .inspect_err(|e| tracing::warn!(error = %e, token_id = %row.token_id, "Cannot decrypt an ended login's ID token"))
+                    .ok()
+            }),
+            token_id: row.token_id,
+            user_id: row.user_id,
         })
         .collect()
 }
 
-/// Deletes these logins (their sessions go with them) and returns their decrypted tokens,
-/// for revocation at the provider.
+/// The columns an ending statement's `gone` CTE returns, for [`queue_from!`] and [`EndedRow`].
+macro_rules! gone_columns {
+    () => {
+        "t.token_id, t.user_id, t.key_id, t.access_token, t.refresh_token, t.id_token, \
+         t.access_expires_at, t.refresh_status"
+    };
+}
+
+/// Deletes these logins (their sessions go with them) and queues their tokens for
+/// revocation, in one statement.
 pub async fn delete_logins(
     conn: impl sqlx::PgExecutor<'_>,
     cipher: &TokenCipher,
     token_ids: &[Uuid],
-) -> Result<Vec<StoredTokens>, sqlx::Error> {
-    let rows: Vec<TokenRow> = sqlx::query_as(concat!(
-        "DELETE FROM oauth_tokens t USING users u
-         WHERE t.token_id = ANY($1) AND u.user_id = t.user_id
-         RETURNING ",
-        token_row!()
+    reason: EndReason,
+) -> Result<Vec<EndedLogin>, sqlx::Error> {
+    let rows: Vec<EndedRow> = sqlx::query_as(concat!(
+        "WITH gone AS (DELETE FROM oauth_tokens t WHERE t.token_id = ANY($1) RETURNING ",
+        gone_columns!(),
+        "), ",
+        queue_from!("gone", "$2"),
+        " SELECT token_id, user_id, key_id, id_token FROM gone"
     ))
     .bind(token_ids)
+    .bind(reason)
     .fetch_all(conn)
     .await?;
-    Ok(opened(cipher, rows))
+    Ok(ended(cipher, rows))
 }
 
-/// Deletes every login of one user and returns their decrypted tokens.
+/// Deletes these logins and queues their tokens for revocation; returns how many ended.
+pub async fn end_logins(
+    conn: impl sqlx::PgExecutor<'_>,
+    token_ids: &[Uuid],
+    reason: EndReason,
+) -> Result<u64, sqlx::Error> {
+    let ended: i64 = sqlx::query_scalar(concat!(
+        "WITH gone AS (DELETE FROM oauth_tokens t WHERE t.token_id = ANY($1) RETURNING ",
+        gone_columns!(),
+        "), ",
+        queue_from!("gone", "$2"),
+        " SELECT count(*) FROM gone"
+    ))
+    .bind(token_ids)
+    .bind(reason)
+    .fetch_one(conn)
+    .await?;
+    Ok(ended as u64)
+}
+
+/// Deletes every login of one user and queues their tokens for revocation.
 pub async fn delete_logins_of_user(
     conn: impl sqlx::PgExecutor<'_>,
     cipher: &TokenCipher,
     user_id: Uuid,
-) -> Result<Vec<StoredTokens>, sqlx::Error> {
-    let rows: Vec<TokenRow> = sqlx::query_as(concat!(
-        "DELETE FROM oauth_tokens t USING users u
-         WHERE t.user_id = $1 AND u.user_id = t.user_id
-         RETURNING ",
-        token_row!()
+    reason: EndReason,
+) -> Result<Vec<EndedLogin>, sqlx::Error> {
+    let rows: Vec<EndedRow> = sqlx::query_as(concat!(
+        "WITH gone AS (DELETE FROM oauth_tokens t WHERE t.user_id = $1 RETURNING ",
+        gone_columns!(),
+        "), ",
+        queue_from!("gone", "$2"),
+        " SELECT token_id, user_id, key_id, id_token FROM gone"
     ))
     .bind(user_id)
+    .bind(reason)
     .fetch_all(conn)
     .await?;
-    Ok(opened(cipher, rows))
+    Ok(ended(cipher, rows))
 }
 
 /// Ends the logins a back-channel logout token names: with a `sid`, that provider session
 /// (of that subject, when named); with only a `sub`, every login of that user at `issuer`.
-/// Returns how many logins ended.
+/// Their tokens are queued for revocation. Returns how many logins ended.
 pub async fn end_provider_sessions(
     conn: &mut sqlx::PgConnection,
     issuer: &str,
     subject: Option<&str>,
     sid: Option<&str>,
 ) -> Result<u64, sqlx::Error> {
-    let ended = sqlx::query(
-        r#"
-        DELETE FROM oauth_tokens t
-        USING users u
-        WHERE u.user_id = t.user_id
-          AND u.issuer = $1
-          AND ($2::text IS NULL OR u.subject = $2)
-          AND ($3::text IS NULL OR t.provider_sid = $3)
-        "#,
-    )
+    let ended: i64 = sqlx::query_scalar(concat!(
+        "WITH gone AS (
+           DELETE FROM oauth_tokens t
+           USING users u
+           WHERE u.user_id = t.user_id
+             AND u.issuer = $1
+             AND ($2::text IS NULL OR u.subject = $2)
+             AND ($3::text IS NULL OR t.provider_sid = $3)
+           RETURNING ",
+        gone_columns!(),
+        "), ",
+        queue_from!("gone", "$4"),
+        " SELECT count(*) FROM gone"
+    ))
     .bind(issuer)
     .bind(subject)
     .bind(sid)
-    .execute(conn)
+    .bind(EndReason::Backchannel)
+    .fetch_one(conn)
     .await?;
-    Ok(ended.rows_affected())
+    Ok(ended as u64)
 }
 
-/// Deletes these logins without revoking them (their sessions have expired). Returns how
-/// many were deleted.
-pub async fn delete_unused(
+/// Deletes the logins of expired sessions and queues their tokens for revocation. Returns
+/// how many were deleted.
+pub async fn delete_expired_logins(
     conn: &mut sqlx::PgConnection,
     token_ids: &[Uuid],
 ) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query("DELETE FROM oauth_tokens WHERE token_id = ANY($1)")
-        .bind(token_ids)
-        .execute(conn)
-        .await?;
-    Ok(deleted.rows_affected())
-}
-
-/// Deletes up to `limit` logins whose session was never saved (a crash between storing the
-/// tokens and saving the session), older than an hour. This reads every token row, so cleanup
-/// runs it once per pass rather than once per batch.
-pub async fn delete_orphans(conn: &mut sqlx::PgConnection, limit: i64) -> Result<u64, sqlx::Error> {
-    let orphans = sqlx::query(
-        r#"
-        DELETE FROM oauth_tokens t
-        WHERE t.token_id IN (
-            SELECT token_id FROM oauth_tokens o
-            WHERE o.created_at < now() - interval '1 hour'
-              AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.token_id = o.token_id)
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
-        )
-        "#,
-    )
-    .bind(limit)
-    .execute(conn)
+    let deleted: i64 = sqlx::query_scalar(concat!(
+        "WITH gone AS (DELETE FROM oauth_tokens t WHERE t.token_id = ANY($1) RETURNING ",
+        gone_columns!(),
+        "), ",
+        queue_from!("gone", "$2"),
+        " SELECT count(*) FROM gone"
+    ))
+    .bind(token_ids)
+    .bind(EndReason::Expired)
+    .fetch_one(conn)
     .await?;
-    Ok(orphans.rows_affected())
+    Ok(deleted as u64)
 }
 
-/// RFC 7009 revocation of the refresh and access tokens of ended logins, in the background:
-/// ending a session never waits on the provider.
-pub fn revoke_at_provider(oidc: Arc<Oidc>, logins: Vec<StoredTokens>) {
-    if logins.is_empty() {
-        return;
-    }
-    tokio::spawn(async move {
-        for login in logins {
-            if let Some(refresh) = &login.refresh_token
-                && let Err(e) = oidc.revoke(refresh, "refresh_token").await
-            {
-                tracing::warn!(error = %e, token_id = %login.token_id, "Refresh token revocation failed");
-            }
-            if let Err(e) = oidc.revoke(&login.access_token, "access_token").await {
-                tracing::warn!(error = %e, token_id = %login.token_id, "Access token revocation failed");
-            }
-        }
-    });
+/// Deletes up to `limit` logins no session holds any more (a crash between storing the
+/// tokens and saving the session, a login dropped after its provider refused a refresh),
+/// older than an hour, and queues their tokens for revocation. This reads every token row, so
+/// cleanup runs it once per pass rather than once per batch.
+pub async fn delete_orphans(conn: &mut sqlx::PgConnection, limit: i64) -> Result<u64, sqlx::Error> {
+    let orphans: i64 = sqlx::query_scalar(concat!(
+        "WITH gone AS (
+           DELETE FROM oauth_tokens t
+           WHERE t.token_id IN (
+               SELECT token_id FROM oauth_tokens o
+               WHERE o.created_at < now() - interval '1 hour'
+                 AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.token_id = o.token_id)
+               LIMIT $1
+               FOR UPDATE SKIP LOCKED
+           )
+           RETURNING ",
+        gone_columns!(),
+        "), ",
+        queue_from!("gone", "$2"),
+        " SELECT count(*) FROM gone"
+    ))
+    .bind(limit)
+    .bind(EndReason::Orphaned)
+    .fetch_one(conn)
+    .await?;
+    Ok(orphans as u64)
 }

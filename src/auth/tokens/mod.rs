@@ -8,13 +8,18 @@
 mod claims;
 mod counts;
 mod logins;
+mod outbox;
 mod rekey;
 
 pub use claims::{CLAIM_DUE_TOKENS, Claimed};
 pub use counts::{TokenCounts, counts};
 pub use logins::{
-    delete_logins, delete_logins_of_user, delete_orphans, delete_unused, end_provider_sessions,
-    insert_tokens, revoke_at_provider, store_login,
+    EndedLogin, delete_expired_logins, delete_logins, end_logins, delete_logins_of_user, delete_orphans,
+    end_provider_sessions, insert_tokens, store_login,
+};
+pub use outbox::{
+    EndReason, OutboxCounts, QueuedRevocation, claim_revocations, outbox_counts,
+    revocation_done, revocation_failed,
 };
 pub use rekey::{KeyUsage, RekeyReport, key_usage, rekey_all, rekey_batch};
 
@@ -22,6 +27,7 @@ pub(crate) use claims::{
     claim_due, claim_expired, drop_refresh_token, mark_needs_login, mark_refused, record_failure,
     release, renew, save_refreshed,
 };
+pub(crate) use outbox::queue_if_ended;
 
 use std::time::Duration;
 
@@ -147,7 +153,6 @@ macro_rules! token_row {
          t.id_token, t.access_expires_at, t.refresh_status, t.next_attempt_at"
     };
 }
-use token_row;
 
 impl TokenRow {
     fn open(self, cipher: &TokenCipher) -> Result<StoredTokens, CipherError> {

@@ -15,10 +15,14 @@ pub struct KeyUsage {
     pub logins: i64,
 }
 
-/// Rows sealed under each key, the current one included.
+/// Rows sealed under each key, the current one included: logins, and tokens still queued
+/// for revocation (a key must stay until those are sent too).
 pub async fn key_usage(pool: &PgPool) -> Result<Vec<KeyUsage>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT key_id, count(*) AS logins FROM oauth_tokens GROUP BY key_id ORDER BY key_id",
+        "SELECT key_id, count(*) AS logins
+         FROM (SELECT key_id FROM oauth_tokens
+               UNION ALL SELECT key_id FROM revocation_outbox) AS sealed
+         GROUP BY key_id ORDER BY key_id",
     )
     .fetch_all(pool)
     .await

@@ -7,7 +7,6 @@ use uuid::Uuid;
 
 use super::sessions::SessionView;
 use crate::admin::{self, Actor, RevokeScope};
-use crate::auth::tokens;
 use crate::error::{AppError, Result};
 use crate::routes::identity::Admin;
 use crate::routes::page::{page_layout, render};
@@ -65,7 +64,7 @@ pub async fn revoke(
     let revoked = admin::revoke(&state.pool, &state.cipher, &actor, *session_id, form.scope)
         .await?
         .ok_or_else(gone)?;
-    tokens::revoke_at_provider(state.oidc.clone(), revoked.logins);
+    state.revoker.nudge();
     Ok(see_other(&format!(
         "/admin/sessions?revoked={}",
         revoked.sessions_ended

@@ -44,6 +44,9 @@ pub async fn backchannel_logout(
     match end_sessions(&state, &names).await {
         Ok(Some(ended)) => {
             tracing::Span::current().record("ended", ended);
+            if ended > 0 {
+                state.revoker.nudge();
+            }
             HttpResponse::Ok()
                 .insert_header(("Cache-Control", "no-store"))
                 .finish()

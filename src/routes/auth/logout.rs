@@ -15,8 +15,9 @@ pub struct LogoutForm {
     csrf_token: String,
 }
 
-/// Ends the session here and at the provider: RFC 7009 revocation (in the background, so a
-/// slow provider never blocks logout), then RP-initiated logout when the provider offers it.
+/// Ends the session here and at the provider: RFC 7009 revocation (queued in the same
+/// statement and sent by the revocation sender, so a slow provider never blocks logout and a
+/// restart loses nothing), then RP-initiated logout when the provider offers it.
 #[tracing::instrument(name = "Log out", skip_all)]
 pub async fn log_out(
     state: State,
@@ -28,19 +29,25 @@ pub async fn log_out(
         session.log_out();
         return Ok(see_other("/"));
     };
-    // One statement: the tokens are deleted (the session rows with them) and handed back.
-    let stored = tokens::delete_logins(&state.pool, &state.cipher, &[auth.token_id])
-        .await?
-        .pop();
+    // One statement: the tokens are deleted (the session rows with them) and queued for
+    // revocation; the ID token comes back as the logout hint.
+    let ended = tokens::delete_logins(
+        &state.pool,
+        &state.cipher,
+        &[auth.token_id],
+        tokens::EndReason::Logout,
+    )
+    .await?
+    .pop();
     session.log_out();
-    let Some(stored) = stored else {
+    let Some(ended) = ended else {
         return Ok(see_other("/"));
     };
+    state.revoker.nudge();
     let end_session = state
         .oidc
-        .end_session_url(stored.id_token.as_ref(), &crate::crypto::random_token(16))
+        .end_session_url(ended.id_token.as_ref(), &crate::crypto::random_token(16))
         .await;
-    tokens::revoke_at_provider(state.oidc.clone(), vec![stored]);
     tracing::info!(user_id = %auth.user_id, "User logged out");
     // Without RP-initiated logout (Google has none), the shop's own page says what happened.
     Ok(see_other(

@@ -11,7 +11,7 @@ use crate::routes::require_csrf;
 use crate::routes::respond::NoStore;
 use crate::routes::respond::see_other;
 use crate::session::TypedSession;
-use crate::shop::cart::{self, Cart, MAX_QUANTITY, PricedCart};
+use crate::shop::cart::{self, CartChange, MAX_QUANTITY, PricedCart};
 use crate::shop::catalogue;
 use crate::shop::orders::{self, CheckoutError};
 use crate::state::State;
@@ -41,9 +41,10 @@ async fn cart_page(
     } else {
         catalogue::by_ids(&state.pool, &ids).await?
     };
-    if cart.retain_available(&products) {
+    let dropped = cart.retain_available(&products);
+    if !dropped.is_empty() {
         session
-            .set_cart(&cart)
+            .change_cart(&cart, dropped)
             .map_err(|e| AppError::Unexpected(e.into()))?;
         notice.get_or_insert_with(|| {
             "A product in your cart is no longer available and was removed.".to_owned()
@@ -97,13 +98,24 @@ pub async fn change_item(
         .await?
         .ok_or_else(|| AppError::BadRequest("That product is not available.".into()))?;
     let mut cart = session.cart();
-    let changed = match form.action {
-        CartAction::Add => cart.add(&product, form.quantity),
-        CartAction::Set => cart.set(&product, form.quantity),
+    let (product_id, quantity) = (product.product_id, form.quantity);
+    let change = match form.action {
+        CartAction::Add => cart
+            .add(&product, quantity)
+            .map(|()| CartChange::Add {
+                product_id,
+                quantity,
+            }),
+        CartAction::Set => cart
+            .set(&product, quantity)
+            .map(|()| CartChange::Set {
+                product_id,
+                quantity,
+            }),
     };
-    changed.map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let change = change.map_err(|e| AppError::BadRequest(e.to_string()))?;
     session
-        .set_cart(&cart)
+        .change_cart(&cart, [change])
         .map_err(|e| AppError::Unexpected(e.into()))?;
     Ok(see_other("/cart"))
 }
@@ -121,9 +133,12 @@ pub async fn remove_item(
 ) -> Result<HttpResponse> {
     require_csrf(&session, &form.csrf_token)?;
     let mut cart = session.cart();
-    cart.remove(*product_id);
+    let change = CartChange::Remove {
+        product_id: *product_id,
+    };
+    cart.replay(&change);
     session
-        .set_cart(&cart)
+        .change_cart(&cart, [change])
         .map_err(|e| AppError::Unexpected(e.into()))?;
     Ok(see_other("/cart"))
 }
@@ -155,8 +170,14 @@ pub async fn checkout(
     match orders::place_order(&state.pool, user.user_id, key, &cart).await {
         Ok(placed) => {
             if placed.created {
+                // The ordered lines leave the cart; a line another tab added meanwhile stays.
+                let ordered = CartChange::Ordered {
+                    lines: cart.lines().to_vec(),
+                };
+                let mut left = cart.clone();
+                left.replay(&ordered);
                 session
-                    .set_cart(&Cart::default())
+                    .change_cart(&left, [ordered])
                     .map_err(|e| AppError::Unexpected(e.into()))?;
             }
             Ok(see_other(&format!("/orders/{}", placed.order_id)))
