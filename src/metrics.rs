@@ -24,6 +24,7 @@ pub struct Metrics {
     /// Time spent waiting for the provider, by call (`token_exchange`).
     pub provider_duration: HistogramVec,
     active_sessions: IntGauge,
+    revocations_pending: IntGauge,
     due_backlog: IntGauge,
     pool_connections: IntGaugeVec,
     pool_max: IntGauge,
@@ -85,12 +86,17 @@ impl Metrics {
         .expect("valid metric");
         let active_sessions = IntGauge::new(
             "active_sessions",
-            "Live logged-in sessions (read at scrape time)",
+            "Live logged-in sessions (read every metrics.gauges_interval_secs)",
         )
         .expect("valid metric");
         let due_backlog = IntGauge::new(
             "due_tokens",
-            "Tokens within the refresh lead time and not backing off (read at scrape time)",
+            "Tokens within the refresh lead time and not backing off (read every metrics.gauges_interval_secs)",
+        )
+        .expect("valid metric");
+        let revocations_pending = IntGauge::new(
+            "revocations_pending",
+            "Tokens of ended logins not yet revoked at the provider (read every metrics.gauges_interval_secs)",
         )
         .expect("valid metric");
         let pool_connections = IntGaugeVec::new(
@@ -109,6 +115,7 @@ impl Metrics {
             Box::new(provider_duration.clone()),
             Box::new(active_sessions.clone()),
             Box::new(due_backlog.clone()),
+            Box::new(revocations_pending.clone()),
             Box::new(pool_connections.clone()),
             Box::new(pool_max.clone()),
         ] {
@@ -126,6 +133,7 @@ impl Metrics {
             provider_duration,
             active_sessions,
             due_backlog,
+            revocations_pending,
             pool_connections,
             pool_max,
         }
@@ -140,21 +148,47 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The text exposition, after reading the database gauges (skipped, and left at their
-    /// last values, if Postgres does not answer within a second).
-    pub async fn render(&self, pool: &PgPool) -> String {
+    /// Reads the gauges that need SQL (left at their last values if Postgres does not answer
+    /// within a second). Run by [`Self::read_gauges_until_stopped`], never by a scrape.
+    pub async fn read_database_gauges(&self, pool: &PgPool) {
         let counts = tokio::time::timeout(Duration::from_secs(1), async {
-            tokio::try_join!(crate::session::count_logged_in(pool), tokens::counts(pool))
+            tokio::try_join!(
+                crate::session::count_logged_in(pool),
+                tokens::counts(pool),
+                tokens::outbox_counts(pool)
+            )
         })
         .await;
         match counts {
-            Ok(Ok((sessions, tokens))) => {
+            Ok(Ok((sessions, tokens, outbox))) => {
                 self.active_sessions.set(sessions);
                 self.due_backlog.set(tokens.due_backlog);
+                self.revocations_pending.set(outbox.pending);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "Metrics: database gauges not read"),
             Err(_) => tracing::warn!("Metrics: database gauges timed out"),
         }
+    }
+
+    /// Reads the database gauges every `every` until `stop` is cancelled.
+    pub async fn read_gauges_until_stopped(
+        self: std::sync::Arc<Self>,
+        pool: PgPool,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.read_database_gauges(&pool).await,
+            }
+        }
+    }
+
+    /// The text exposition. Costs no query: the database gauges are read in the background.
+    pub fn render(&self, pool: &PgPool) -> String {
         let idle = pool.num_idle() as i64;
         self.pool_connections.with_label_values(&["idle"]).set(idle);
         self.pool_connections

@@ -29,9 +29,14 @@ use crate::session::csrf::CsrfKey;
 use crate::session::{PgSessionStore, SessionTimeouts};
 use crate::state::{AppState, State};
 
+/// How often rate-limit buckets that are full again are dropped.
+const RATE_LIMIT_PRUNE_EVERY: Duration = Duration::from_secs(30);
+
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics` on its own address (`metrics.listen`), and that address's port.
+    metrics_server: Option<(u16, Server)>,
     state: State,
 }
 
@@ -92,20 +97,31 @@ impl Application {
             refresher,
             revoker,
             metrics,
+            rate_limits: RateLimits::new(&settings.rate_limit, &proxies),
             proxies,
             csrf_key: CsrfKey::derive(settings.session.secret_key.bytes()),
             settings,
         });
         let server = run(listener, state.clone())?;
+        let metrics_server = match &state.settings.metrics.listen {
+            Some(address) => Some(run_metrics(address, state.clone())?),
+            None => None,
+        };
         Ok(Self {
             port,
             server,
+            metrics_server,
             state,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `metrics.listen`, when it is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(port, _)| *port)
     }
 
     pub fn state(&self) -> &State {
@@ -136,6 +152,19 @@ impl Application {
         tasks.push(tokio::spawn(
             self.state.revoker.clone().run_until_stopped(stop.clone()),
         ));
+        tasks.push(tokio::spawn(
+            self.state.metrics.clone().read_gauges_until_stopped(
+                self.state.background_pool.clone(),
+                Duration::from_secs(s.metrics.gauges_interval_secs.max(1)),
+                stop.clone(),
+            ),
+        ));
+        tasks.push(tokio::spawn(
+            self.state
+                .rate_limits
+                .clone()
+                .prune_until_stopped(RATE_LIMIT_PRUNE_EVERY, stop.clone()),
+        ));
         let refresher = self.state.refresher.clone();
         let drain_stop = stop.clone();
         tasks.push(tokio::spawn(async move {
@@ -156,8 +185,18 @@ impl Application {
         state.pool.close().await;
     }
 
+    /// Serves until the server stops (SIGTERM/SIGINT); the metrics listener stops with it.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let metrics = self.metrics_server.map(|(_, server)| {
+            let handle = server.handle();
+            tokio::spawn(server);
+            handle
+        });
+        let result = self.server.await;
+        if let Some(handle) = metrics {
+            handle.stop(true).await;
+        }
+        result
     }
 }
 
@@ -196,9 +235,26 @@ fn session_middleware(settings: &Settings, pool: PgPool) -> SessionMiddleware<Pg
         .build()
 }
 
+/// `/metrics` alone, on `metrics.listen`: one worker, no session, no page.
+fn run_metrics(address: &str, state: State) -> anyhow::Result<(u16, Server)> {
+    let listener = TcpListener::bind(address)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address} (metrics.listen): {e}"))?;
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(routes::metrics::metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((port, server))
+}
+
 fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
     // Built once, outside the worker factory, so every worker shares the same buckets.
-    let limits = RateLimits::new(&state.settings.rate_limit, &state.proxies);
+    let limits = state.rate_limits.clone();
     let server_settings = state.settings.server.clone();
     let server = HttpServer::new(move || {
         let static_dir = state.settings.server.static_dir.clone();

@@ -14,6 +14,7 @@ use crate::configuration::Settings;
 use crate::crypto::TokenCipher;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
+use crate::routes::rate_limit::RateLimits;
 use crate::session::csrf::CsrfKey;
 
 /// Everything a handler needs, shared by all workers.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub revoker: Arc<Revoker>,
     pub metrics: Arc<Metrics>,
     pub proxies: TrustedProxies,
+    /// The rate-limit buckets, shared by every worker and pruned in the background.
+    pub rate_limits: RateLimits,
     /// Signs the CSRF tokens of visitors without a session.
     pub csrf_key: CsrfKey,
     pub settings: Settings,

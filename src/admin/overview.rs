@@ -24,6 +24,9 @@ pub struct Overview {
     pub retrying: i64,
     #[sqlx(skip)]
     pub due_backlog: i64,
+    /// Tokens of ended logins still to be revoked at the provider.
+    #[sqlx(skip)]
+    pub revocations: tokens::OutboxCounts,
 }
 
 /// The dashboard's counts: sessions and activity in one statement, the token rows' health
@@ -53,9 +56,14 @@ pub async fn overview(pool: &PgPool) -> Result<Overview, sqlx::Error> {
     .bind(ActivityEvent::Login)
     .bind(&ActivityEvent::REFRESHES_OK[..])
     .bind(&ActivityEvent::REFRESHES_FAILED[..]);
-    let (mut overview, tokens) = tokio::try_join!(counts.fetch_one(pool), tokens::counts(pool))?;
-    overview.retrying = tokens.retrying;
-    overview.due_backlog = tokens.due_backlog;
+    let (mut overview, counts, revocations) = tokio::try_join!(
+        counts.fetch_one(pool),
+        tokens::counts(pool),
+        tokens::outbox_counts(pool)
+    )?;
+    overview.retrying = counts.retrying;
+    overview.due_backlog = counts.due_backlog;
+    overview.revocations = revocations;
     Ok(overview)
 }
 

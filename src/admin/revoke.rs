@@ -81,8 +81,13 @@ pub async fn revoke(
             let ended = crate::session::end_sessions_of_user(&mut tx, target.user_id).await?;
             (
                 ended,
-                tokens::delete_logins_of_user(&mut *tx, cipher, target.user_id, EndReason::AdminRevoke)
-                    .await?,
+                tokens::delete_logins_of_user(
+                    &mut *tx,
+                    cipher,
+                    target.user_id,
+                    EndReason::AdminRevoke,
+                )
+                .await?,
             )
         }
     };

@@ -133,7 +133,9 @@ impl Revoker {
                     );
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "Cannot read the revocation queue; will retry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read the revocation queue; will retry")
+                }
             }
         }
     }

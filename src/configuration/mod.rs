@@ -323,6 +323,12 @@ impl Settings {
         self.server.public_url.scheme() == "https"
     }
 
+    /// Whether the public listener serves `/metrics`: not when it has its own address, and
+    /// under https only behind a token.
+    pub fn metrics_on_public_listener(&self) -> bool {
+        self.metrics.listen.is_none() && (self.metrics.token.is_some() || !self.is_https())
+    }
+
     pub fn redirect_url(&self) -> Url {
         self.oidc.redirect_url.clone().unwrap_or_else(|| {
             self.server

@@ -209,11 +209,18 @@ pub struct RateLimitSettings {
     pub burst: u32,
 }
 
-/// `GET /metrics`: open by default (bind it to an internal network), or behind a bearer token.
+/// `GET /metrics`: on a separate address (`listen`), or behind a bearer token (`token`), or
+/// both. On the public listener it is served only with a token, or over plain http (a local
+/// run): a production shop never shows it to the internet by default.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MetricsSettings {
     /// When set, scrapes must send `Authorization: Bearer <token>`.
     pub token: Option<SecretString>,
+    /// When set (`host:port`), `/metrics` is served there and not on the public listener.
+    pub listen: Option<String>,
+    /// How often the gauges that need SQL (sessions, due tokens, revocation queue) are read
+    /// by a background task; a scrape itself costs no query.
+    pub gauges_interval_secs: u64,
 }
 
 #[cfg(test)]

@@ -10,6 +10,19 @@ use secrecy::ExposeSecret;
 use crate::crypto::constant_time_eq;
 use crate::state::State;
 
+/// `GET /metrics` on the public listener: served only where
+/// [`crate::configuration::Settings::metrics_on_public_listener`] allows, else a 404 as for
+/// any unknown path.
+pub async fn public_metrics(state: State, req: HttpRequest) -> actix_web::Result<HttpResponse> {
+    if !state.settings.metrics_on_public_listener() {
+        return Err(crate::error::AppError::NotFound(
+            "The page you asked for does not exist.".into(),
+        )
+        .into());
+    }
+    Ok(metrics(state, req).await)
+}
+
 /// `GET /metrics`: Prometheus text format; behind a bearer token when `metrics.token` is set.
 pub async fn metrics(state: State, req: HttpRequest) -> HttpResponse {
     if let Some(token) = &state.settings.metrics.token {
@@ -26,7 +39,7 @@ pub async fn metrics(state: State, req: HttpRequest) -> HttpResponse {
                 .body("a bearer token is required\n");
         }
     }
-    let body = state.metrics.render(&state.pool).await;
+    let body = state.metrics.render(&state.pool);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))

@@ -26,7 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
         cfg.route("/_bench/baseline", web::get().to(health::baseline));
     }
     cfg.route("/health", web::get().to(health::health_check))
-        .route("/metrics", web::get().to(metrics::metrics))
+        .route("/metrics", web::get().to(metrics::public_metrics))
         .route("/", web::get().to(shop::catalogue::home))
         .route(
             "/products/{slug}",
@@ -76,13 +76,10 @@ pub fn require_csrf(session: &TypedSession, submitted: &str) -> Result<(), AppEr
 /// The client's IP address as recorded for sessions and the audit trail: the peer, or what
 /// a trusted reverse proxy says in `X-Forwarded-For` (`server.trusted_proxies`).
 pub fn client_ip(req: &actix_web::HttpRequest) -> Option<String> {
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok());
+    let forwarded = crate::net::forwarded_for(req.headers());
     let peer = req.peer_addr().map(|a| a.ip());
     let ip = match req.app_data::<State>() {
-        Some(state) => state.proxies.client_ip(peer, forwarded),
+        Some(state) => state.proxies.client_ip(peer, forwarded.as_deref()),
         None => peer,
     };
     ip.map(|ip| ip.to_string())

@@ -81,9 +81,9 @@ impl AnonymousCsrf {
 
     /// Whether `submitted` is the token of the cookie this request came with.
     pub fn accepts(&self, submitted: &str) -> bool {
-        self.sent
-            .as_ref()
-            .is_some_and(|v| !submitted.is_empty() && constant_time_eq(&self.key.token_for(v), submitted))
+        self.sent.as_ref().is_some_and(|v| {
+            !submitted.is_empty() && constant_time_eq(&self.key.token_for(v), submitted)
+        })
     }
 
     /// The cookie value to set on the response, if this request created one.
@@ -105,7 +105,9 @@ mod tests {
         let key = CsrfKey::derive(&[7u8; 64]);
         let first = AnonymousCsrf::new(key.clone(), None);
         let token = first.token();
-        let value = first.cookie_to_set().expect("a cookie is set with the first token");
+        let value = first
+            .cookie_to_set()
+            .expect("a cookie is set with the first token");
         assert_eq!(first.token(), token, "one cookie per request");
 
         let next = AnonymousCsrf::new(key.clone(), Some(&value));
@@ -123,9 +125,36 @@ mod tests {
     #[test]
     fn malformed_cookies_are_ignored() {
         let key = CsrfKey::derive(&[7u8; 64]);
-        for bad in ["", "short", &"x".repeat(44), &format!("{}!", "a".repeat(42))] {
+        for bad in [
+            "",
+            "short",
+            &"x".repeat(44),
+            &format!("{}!", "a".repeat(42)),
+        ] {
             let anon = AnonymousCsrf::new(key.clone(), Some(bad));
             assert!(anon.existing_token().is_none(), "{bad:?}");
+        }
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// Whatever cookie and token a request carries, it is accepted only when the token
+            /// is the one the shop computed for that very cookie.
+            #[test]
+            fn only_the_cookies_own_token_is_accepted(cookie in any::<String>(), submitted in any::<String>(), valid in "[A-Za-z0-9_-]{43}") {
+                let key = CsrfKey::derive(&[3u8; 64]);
+                let anon = AnonymousCsrf::new(key.clone(), Some(&cookie));
+                prop_assert!(!anon.accepts(&submitted) || submitted == key.token_for(&cookie));
+                let anon = AnonymousCsrf::new(key.clone(), Some(&valid));
+                prop_assert!(anon.accepts(&key.token_for(&valid)));
+                prop_assert_eq!(anon.accepts(&submitted), submitted == key.token_for(&valid));
+            }
         }
     }
 }

@@ -35,10 +35,14 @@ pub fn merge(
         if was == now {
             continue; // not changed by this request: the fresh value stands
         }
-        let value = if theirs == was || theirs == now {
+        let value = if theirs == was {
             now.cloned()
         } else if key == CART_KEY {
+            // Both changed the cart: the same result from different changes (two adds of one
+            // mug) is still two changes, so they are made again rather than compared.
             replay_cart(theirs, cart_changes).ok_or_else(|| Conflict(key.clone()))?
+        } else if theirs == now {
+            now.cloned()
         } else if key == PENDING_LOGINS_KEY {
             merge_pending(was, now, theirs)
         } else {
@@ -84,15 +88,15 @@ fn merge_pending(
     let had = |list: &[PendingLogin], p: &PendingLogin| list.iter().any(|q| q.state == p.state);
     let mut merged: Vec<PendingLogin> = fresh
         .into_iter()
-        .filter(|p| !(had(&base, p) && !had(&mine, p)))
+        // Kept unless this request completed it (it was in the base and is not in mine).
+        .filter(|p| !had(&base, p) || had(&mine, p))
         .collect();
     for started in mine.iter().filter(|p| !had(&base, p)) {
         if !had(&merged, started) {
             merged.push(started.clone());
         }
     }
-    (!merged.is_empty())
-        .then(|| serde_json::to_string(&merged).expect("pending logins serialize"))
+    (!merged.is_empty()).then(|| serde_json::to_string(&merged).expect("pending logins serialize"))
 }
 
 #[cfg(test)]
@@ -179,15 +183,77 @@ mod tests {
         let base = state(&[(PENDING_LOGINS_KEY, &json(&[login("old")]))]);
         // This request completed "old" and started "mine"; the other started "theirs".
         let mine = state(&[(PENDING_LOGINS_KEY, &json(&[login("mine")]))]);
-        let fresh = state(&[(
-            PENDING_LOGINS_KEY,
-            &json(&[login("old"), login("theirs")]),
-        )]);
+        let fresh = state(&[(PENDING_LOGINS_KEY, &json(&[login("old"), login("theirs")]))]);
         let merged = merge(&base, &mine, &fresh, &[]).unwrap();
         let states: Vec<String> = pending(merged.get(PENDING_LOGINS_KEY))
             .into_iter()
             .map(|p| p.state)
             .collect();
         assert_eq!(states, ["theirs", "mine"]);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn adds() -> impl Strategy<Value = Vec<(i64, u32)>> {
+            prop::collection::vec((1i64..8, 1u32..5), 0..6)
+        }
+
+        fn apply(cart: &mut Cart, adds: &[(i64, u32)]) -> Vec<CartChange> {
+            let changes: Vec<CartChange> = adds
+                .iter()
+                .map(|(product_id, quantity)| CartChange::Add {
+                    product_id: *product_id,
+                    quantity: *quantity,
+                })
+                .collect();
+            for change in &changes {
+                cart.replay(change);
+            }
+            changes
+        }
+
+        fn total(cart: &Cart, product_id: i64) -> u32 {
+            cart.lines()
+                .iter()
+                .find(|l| l.product_id == product_id)
+                .map_or(0, |l| l.quantity)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(500))]
+
+            /// Two requests add to the same cart at once; whichever writes second merges:
+            /// every quantity is the sum of both (within the bounds), nothing is lost.
+            #[test]
+            fn concurrent_adds_all_count(start in adds(), first in adds(), second in adds()) {
+                let mut base_cart = Cart::default();
+                apply(&mut base_cart, &start);
+                let base: State = [(CART_KEY.to_owned(), serde_json::to_string(&base_cart).unwrap())].into();
+
+                let mut theirs = base_cart.clone();
+                apply(&mut theirs, &first);
+                let fresh: State = [(CART_KEY.to_owned(), serde_json::to_string(&theirs).unwrap())].into();
+
+                let mut mine_cart = base_cart.clone();
+                let changes = apply(&mut mine_cart, &second);
+                let mine: State = [(CART_KEY.to_owned(), serde_json::to_string(&mine_cart).unwrap())].into();
+
+                let merged = merge(&base, &mine, &fresh, &changes).unwrap();
+                let cart: Cart = merged
+                    .get(CART_KEY)
+                    .map(|json| serde_json::from_str(json).unwrap())
+                    .unwrap_or_default();
+                for product_id in 1..8 {
+                    let sum = |adds: &[(i64, u32)]| -> u32 {
+                        adds.iter().filter(|(p, _)| *p == product_id).map(|(_, q)| q).sum()
+                    };
+                    let expected = (sum(&start) + sum(&first) + sum(&second)).min(crate::shop::cart::MAX_QUANTITY);
+                    prop_assert_eq!(total(&cart, product_id), expected, "product {}", product_id);
+                }
+            }
+        }
     }
 }

@@ -28,8 +28,8 @@ use super::{
     REKEY_KEY, TOKEN_KEY, VERSION_KEY,
 };
 use crate::auth::tokens::{self, EndReason, RefreshStatus};
-use crate::shop::cart::CartChange;
 use crate::crypto::{random_token, sha256};
+use crate::shop::cart::CartChange;
 
 type State = HashMap<String, String>;
 
@@ -64,8 +64,9 @@ fn report(trouble: StoreTrouble) {
     let _ = TROUBLE.try_with(|t| t.set(trouble));
 }
 
-/// How many times a write is merged into a fresher state before giving up with a 409.
-const MAX_MERGES: usize = 8;
+/// How many times a write is merged into a fresher state before giving up with a 409: enough
+/// for every tab of one person writing at once, with a short random pause between tries.
+const MAX_MERGES: u32 = 32;
 
 #[derive(Debug, Clone, Copy)]
 pub struct SessionTimeouts {
@@ -303,6 +304,15 @@ fn new_session_key() -> SessionKey {
         .expect("43 characters is a valid session key")
 }
 
+/// Up to 1, 2, 4 … 16 ms at random: concurrent writers of one session spread out instead of
+/// colliding again.
+async fn pause_before_retry(attempt: u32) {
+    use rand::Rng;
+    let most = 1u64 << attempt.min(4);
+    let micros = rand::thread_rng().gen_range(0..most * 1000);
+    tokio::time::sleep(Duration::from_micros(micros)).await;
+}
+
 fn same_key(key: &SessionKey) -> SessionKey {
     key.as_ref()
         .to_owned()
@@ -391,7 +401,8 @@ impl SessionStore for PgSessionStore {
             }
         };
         // What this request read, for the compare-and-set and the merge on save.
-        let base = serde_json::to_string(&state).map_err(|e| LoadError::Deserialization(e.into()))?;
+        let base =
+            serde_json::to_string(&state).map_err(|e| LoadError::Deserialization(e.into()))?;
         state.insert(BASE_KEY.to_owned(), base);
         state.insert(VERSION_KEY.to_owned(), row.version.to_string());
         if let Some(auth) = auth {
@@ -418,8 +429,12 @@ impl SessionStore for PgSessionStore {
         } else {
             same_key(&session_key)
         };
-        for _ in 0..MAX_MERGES {
-            let columns = Columns::from_state(write.mine.clone()).map_err(UpdateError::Serialization)?;
+        for attempt in 0..MAX_MERGES {
+            if attempt > 0 {
+                pause_before_retry(attempt).await;
+            }
+            let columns =
+                Columns::from_state(write.mine.clone()).map_err(UpdateError::Serialization)?;
             if self
                 .write(&session_key, &new_key, write.version, &columns)
                 .await
@@ -447,7 +462,9 @@ impl SessionStore for PgSessionStore {
         }
         tracing::warn!("Session write still racing after {MAX_MERGES} merges; refused");
         report(StoreTrouble::Conflict);
-        Err(UpdateError::Other(anyhow::anyhow!("session write kept racing")))
+        Err(UpdateError::Other(anyhow::anyhow!(
+            "session write kept racing"
+        )))
     }
 
     async fn update_ttl(

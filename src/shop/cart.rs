@@ -133,11 +133,21 @@ impl Cart {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum CartChange {
-    Add { product_id: i64, quantity: u32 },
-    Set { product_id: i64, quantity: u32 },
-    Remove { product_id: i64 },
+    Add {
+        product_id: i64,
+        quantity: u32,
+    },
+    Set {
+        product_id: i64,
+        quantity: u32,
+    },
+    Remove {
+        product_id: i64,
+    },
     /// These lines were ordered: their quantities leave the cart.
-    Ordered { lines: Vec<CartLine> },
+    Ordered {
+        lines: Vec<CartLine>,
+    },
 }
 
 impl Cart {

@@ -2,7 +2,6 @@
 //! and its audit trail.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;

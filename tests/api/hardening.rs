@@ -54,15 +54,23 @@ async fn every_response_carries_the_security_headers(opts: PgPoolOptions, db: Pg
             "http: no HSTS"
         );
     }
-    // The session cookie over http: HttpOnly and SameSite=Lax, without the https-only parts.
+    // Over http the cookies are HttpOnly and SameSite=Lax, without the https-only parts: the
+    // CSRF cookie of a page with forms, and the session cookie once a login starts.
     let home = browser_client().get(app.url("/")).send().await.unwrap();
-    let cookie = header(&home, "set-cookie");
-    assert!(cookie.starts_with("storefront_session="), "{cookie}");
-    assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
-        "{cookie}"
-    );
-    assert!(!cookie.contains("Secure"), "{cookie}");
+    let login = browser_client()
+        .get(app.url("/login"))
+        .send()
+        .await
+        .unwrap();
+    for (response, name) in [(home, "storefront_csrf="), (login, "storefront_session=")] {
+        let cookie = header(&response, "set-cookie");
+        assert!(cookie.starts_with(name), "{cookie}");
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+            "{cookie}"
+        );
+        assert!(!cookie.contains("Secure"), "{cookie}");
+    }
 }
 
 #[sqlx::test]
@@ -79,12 +87,18 @@ async fn under_https_the_cookie_is_host_prefixed_and_secure_and_hsts_is_sent(
         header(&home, "strict-transport-security"),
         "max-age=63072000; includeSubDomains"
     );
-    let cookie = header(&home, "set-cookie");
-    assert!(cookie.starts_with("__Host-storefront_session="), "{cookie}");
-    for part in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
-        assert!(cookie.contains(part), "{part} in {cookie}");
+    let login = app.get("/login").await;
+    for (response, name) in [
+        (home, "__Host-storefront_csrf="),
+        (login, "__Host-storefront_session="),
+    ] {
+        let cookie = header(&response, "set-cookie");
+        assert!(cookie.starts_with(name), "{cookie}");
+        for part in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(cookie.contains(part), "{part} in {cookie}");
+        }
+        assert!(!cookie.contains("Domain="), "{cookie}");
     }
-    assert!(!cookie.contains("Domain="), "{cookie}");
 }
 
 #[test]
@@ -278,6 +292,8 @@ async fn metrics_count_requests_logins_and_refreshes(opts: PgPoolOptions, db: Pg
         "one inline refresh"
     );
 
+    // The gauges that need SQL are read by a background task (driven here), not by a scrape.
+    app.state.metrics.read_database_gauges(&app.pool).await;
     let response = browser_client()
         .get(app.url("/metrics"))
         .send()
@@ -302,6 +318,43 @@ async fn metrics_count_requests_logins_and_refreshes(opts: PgPoolOptions, db: Pg
     assert!(
         !text.contains("ceramic-mug"),
         "raw paths never become labels"
+    );
+}
+
+#[sqlx::test]
+async fn under_https_metrics_need_a_token_or_their_own_address(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let https = |s: &mut storefront::configuration::Settings| {
+        s.server.public_url = Url::parse("https://shop.example").unwrap();
+    };
+    let open = spawn_app_with(opts.clone(), db.clone(), https).await;
+    assert_eq!(
+        open.get("/metrics").await.status().as_u16(),
+        404,
+        "not on the public listener of a production shop without a token"
+    );
+
+    let separate = spawn_app_with(opts, db, |s| {
+        https(s);
+        s.metrics.listen = Some("127.0.0.1:0".into());
+    })
+    .await;
+    assert_eq!(separate.get("/metrics").await.status().as_u16(), 404);
+    let port = separate.metrics_port.expect("a metrics listener");
+    let scrape = browser_client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scrape.status().as_u16(), 200);
+    assert!(
+        scrape
+            .text()
+            .await
+            .unwrap()
+            .contains("storefront_revocations_pending")
     );
 }
 

@@ -65,6 +65,8 @@ pub struct TestApp {
     pub settings: Settings,
     /// The app's shared state (the refresher, the cipher), for driving background work.
     pub state: State,
+    /// The port of `metrics.listen`, when set.
+    pub metrics_port: Option<u16>,
 }
 
 pub use crate::provider_login::cookie_client as browser_client;
@@ -135,6 +137,7 @@ pub async fn spawn_on(
         .await
         .expect("app builds");
     let state = app.state().clone();
+    let metrics_port = app.metrics_port();
     // Cleanup and refresh are driven by the tests themselves.
     tokio::spawn(app.run_until_stopped());
     TestApp {
@@ -144,6 +147,7 @@ pub async fn spawn_on(
         idp,
         settings,
         state,
+        metrics_port,
     }
 }
 

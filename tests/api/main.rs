@@ -13,6 +13,7 @@ mod properties;
 #[allow(dead_code)]
 mod provider_login;
 mod providers;
+mod races;
 mod real_idp;
 mod refresh;
 mod rotation;

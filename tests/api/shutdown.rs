@@ -159,7 +159,7 @@ async fn spawn_instance(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let child = Instance(child);
+    let child = Instance(child, port);
     // Up, and its provider discovered.
     let client = browser_client();
     until(
@@ -182,7 +182,13 @@ async fn spawn_instance(
 }
 
 /// A running binary, killed if the test ends (or fails) before it exits.
-struct Instance(std::process::Child);
+struct Instance(std::process::Child, u16);
+
+impl Instance {
+    fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.1)
+    }
+}
 
 impl Drop for Instance {
     fn drop(&mut self) {
@@ -398,4 +404,103 @@ async fn kill_9_mid_call_lets_the_claim_lapse_within_the_lease_and_the_next_page
         "only the survivor's call"
     );
     assert_eq!(idp.reuses.load(Ordering::SeqCst), 0);
+}
+
+#[sqlx::test]
+async fn the_log_of_a_login_an_admin_search_and_a_logout_holds_no_secret(
+    _opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let idp = FakeIdp::start().await;
+    let secrets = Secrets::new();
+    // Debug for the shop itself, as an operator chasing a problem would set it.
+    let mut instance = spawn_instance(
+        &db,
+        &idp.issuer,
+        &secrets,
+        &[
+            ("RUST_LOG", "info,storefront=debug,tracing_actix_web=debug"),
+            ("STOREFRONT__ADMIN__SUBJECTS", "alice"),
+        ],
+    )
+    .await;
+    let base = instance.base_url();
+    let client = browser_client();
+    let mut secrets_seen: Vec<String> = Vec::new();
+
+    let login = client
+        .get(format!("{base}/login?return_to=/admin"))
+        .send()
+        .await
+        .unwrap();
+    let (state, nonce) = state_and_nonce(&login);
+    let code = idp.code_for("alice", &nonce);
+    secrets_seen.extend([state.clone(), nonce, code.clone()]);
+    let callback = client
+        .get(format!("{base}/callback"))
+        .query(&[
+            ("code", code.as_str()),
+            ("state", &state),
+            ("iss", &idp.issuer),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(callback.status().as_u16(), 302);
+    for cookie in callback.headers().get_all("set-cookie") {
+        let value = cookie.to_str().unwrap();
+        let value = value.split(';').next().unwrap().split_once('=').unwrap().1;
+        secrets_seen.push(value.to_owned());
+    }
+
+    let term = "searched-person-7f3a@example.org";
+    let search = client
+        .get(format!("{base}/admin/sessions"))
+        .query(&[("q", term)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(search.status().as_u16(), 200, "alice is an admin");
+    secrets_seen.push(term.to_owned());
+
+    let home = client.get(format!("{base}/")).send().await.unwrap();
+    let csrf = crate::helpers::page_csrf_token(&home.text().await.unwrap()).unwrap();
+    secrets_seen.push(csrf.clone());
+    let logout = client
+        .post(format!("{base}/logout"))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status().as_u16(), 303);
+
+    let term_signal = Command::new("kill")
+        .args(["-TERM", &instance.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term_signal.success());
+    let (status, output) = exit_of(&mut instance.0, Duration::from_secs(15)).await;
+    assert!(status.success(), "{output}");
+    assert!(
+        output.contains("User logged in"),
+        "the log was captured:\n{output}"
+    );
+    assert!(output.contains("User logged out"), "{output}");
+    for secret in &secrets_seen {
+        assert!(
+            !output.contains(secret.as_str()),
+            "{secret:?} in the log:\n{output}"
+        );
+    }
+    // The provider's tokens: access `at-<uuid>`, refresh `rt-<uuid>`, ID tokens (JWTs).
+    assert!(!output.contains("eyJ"), "a JWT in the log:\n{output}");
+    for prefix in ["at-", "rt-"] {
+        for (at, _) in output.match_indices(prefix) {
+            let candidate = output.get(at + 3..at + 39).unwrap_or_default();
+            assert!(
+                uuid::Uuid::parse_str(candidate).is_err(),
+                "a token in the log: {prefix}{candidate}"
+            );
+        }
+    }
 }

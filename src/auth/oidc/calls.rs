@@ -207,7 +207,9 @@ impl Oidc {
         if status.is_success() {
             Ok(())
         } else if status.is_server_error() || status.as_u16() == 429 {
-            Err(OidcError::Unavailable(format!("revocation answered {status}")))
+            Err(OidcError::Unavailable(format!(
+                "revocation answered {status}"
+            )))
         } else {
             // RFC 7009 § 2.2.1: `unsupported_token_type`, `invalid_client`, … — sending the
             // same request again cannot succeed.

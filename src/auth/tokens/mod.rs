@@ -14,12 +14,12 @@ mod rekey;
 pub use claims::{CLAIM_DUE_TOKENS, Claimed};
 pub use counts::{TokenCounts, counts};
 pub use logins::{
-    EndedLogin, delete_expired_logins, delete_logins, end_logins, delete_logins_of_user, delete_orphans,
-    end_provider_sessions, insert_tokens, store_login,
+    EndedLogin, delete_expired_logins, delete_logins, delete_logins_of_user, delete_orphans,
+    end_logins, end_provider_sessions, insert_tokens, store_login,
 };
 pub use outbox::{
-    EndReason, OutboxCounts, QueuedRevocation, claim_revocations, outbox_counts,
-    revocation_done, revocation_failed,
+    EndReason, OutboxCounts, QueuedRevocation, claim_revocations, outbox_counts, revocation_done,
+    revocation_failed,
 };
 pub use rekey::{KeyUsage, RekeyReport, key_usage, rekey_all, rekey_batch};
 

@@ -100,18 +100,14 @@ pub async fn change_item(
     let mut cart = session.cart();
     let (product_id, quantity) = (product.product_id, form.quantity);
     let change = match form.action {
-        CartAction::Add => cart
-            .add(&product, quantity)
-            .map(|()| CartChange::Add {
-                product_id,
-                quantity,
-            }),
-        CartAction::Set => cart
-            .set(&product, quantity)
-            .map(|()| CartChange::Set {
-                product_id,
-                quantity,
-            }),
+        CartAction::Add => cart.add(&product, quantity).map(|()| CartChange::Add {
+            product_id,
+            quantity,
+        }),
+        CartAction::Set => cart.set(&product, quantity).map(|()| CartChange::Set {
+            product_id,
+            quantity,
+        }),
     };
     let change = change.map_err(|e| AppError::BadRequest(e.to_string()))?;
     session
