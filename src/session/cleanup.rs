@@ -66,7 +66,7 @@ pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupRe
     let tokens = if logins.is_empty() {
         0
     } else {
-        tokens::delete_expired_logins(&mut tx, &logins).await?
+        tokens::end_logins(&mut *tx, &logins, tokens::EndReason::Expired).await?
     };
     tx.commit().await?;
     Ok(CleanupReport {

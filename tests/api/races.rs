@@ -43,6 +43,21 @@ async fn shop_with_products(
     (app, ids)
 }
 
+/// `POST /cart/items` adding `quantity` of product `id` with the page's `token`.
+async fn add(app: &TestApp, token: &str, id: i64, quantity: &str) -> u16 {
+    app.post_form(
+        "/cart/items",
+        &[
+            ("csrf_token", token),
+            ("product_id", &id.to_string()),
+            ("quantity", quantity),
+        ],
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
 /// The cart's product ids and quantities, read from the session row.
 async fn cart_in_db(pool: &PgPool) -> Vec<(i64, u32)> {
     let carts: Vec<Option<String>> = sqlx::query_scalar("SELECT state->>'cart' FROM sessions")
@@ -78,7 +93,7 @@ async fn cookieless_page_views_write_no_session_row(opts: PgPoolOptions, db: PgC
         "/products/soy-candle",
         "/nope",
     ];
-    let views = 2_000;
+    let views = 10_000;
     let statuses: Vec<u16> = stream::iter(0..views)
         .map(|i| {
             let url = app.url(pages[i % pages.len()]);
@@ -103,31 +118,11 @@ async fn cookieless_page_views_write_no_session_row(opts: PgPoolOptions, db: PgC
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let added = app
-        .post_form(
-            "/cart/items",
-            &[
-                ("csrf_token", &token),
-                ("product_id", &id.to_string()),
-                ("quantity", "1"),
-            ],
-        )
-        .await;
-    assert_eq!(added.status().as_u16(), 303);
+    assert_eq!(add(&app, &token, id, "1").await, 303);
     assert_eq!(count(&app.pool, "SELECT count(*) FROM sessions").await, 1);
     // The same token in a browser without the cookie is refused.
     let stranger = app.other_browser();
-    let refused = stranger
-        .post_form(
-            "/cart/items",
-            &[
-                ("csrf_token", &token),
-                ("product_id", &id.to_string()),
-                ("quantity", "1"),
-            ],
-        )
-        .await;
-    assert_eq!(refused.status().as_u16(), 403);
+    assert_eq!(add(&stranger, &token, id, "1").await, 403);
     assert_eq!(count(&app.pool, "SELECT count(*) FROM sessions").await, 1);
 }
 
@@ -137,34 +132,12 @@ async fn twenty_concurrent_adds_keep_twenty_lines(opts: PgPoolOptions, db: PgCon
     let html = app.get("/").await.text().await.unwrap();
     let token = page_csrf_token(&html).unwrap();
     // The session exists before the burst (a first add creates it).
-    let first = app
-        .post_form(
-            "/cart/items",
-            &[
-                ("csrf_token", &token),
-                ("product_id", &ids[0].to_string()),
-                ("quantity", "1"),
-            ],
-        )
-        .await;
-    assert_eq!(first.status().as_u16(), 303);
+    assert_eq!(add(&app, &token, ids[0], "1").await, 303);
     let statuses: Vec<u16> = stream::iter(ids[1..].iter().copied())
         .map(|id| {
             let app = app.clone();
             let token = token.clone();
-            async move {
-                app.post_form(
-                    "/cart/items",
-                    &[
-                        ("csrf_token", &token),
-                        ("product_id", &id.to_string()),
-                        ("quantity", "1"),
-                    ],
-                )
-                .await
-                .status()
-                .as_u16()
-            }
+            async move { add(&app, &token, id, "1").await }
         })
         .buffer_unordered(19)
         .collect()
@@ -179,20 +152,8 @@ async fn twenty_concurrent_adds_keep_twenty_lines(opts: PgPoolOptions, db: PgCon
         .map(|_| {
             let app = app.clone();
             let token = token.clone();
-            let id = ids[0].to_string();
-            async move {
-                app.post_form(
-                    "/cart/items",
-                    &[
-                        ("csrf_token", &token),
-                        ("product_id", &id),
-                        ("quantity", "2"),
-                    ],
-                )
-                .await
-                .status()
-                .as_u16()
-            }
+            let id = ids[0];
+            async move { add(&app, &token, id, "2").await }
         })
         .buffer_unordered(10)
         .collect()

@@ -249,26 +249,6 @@ pub async fn end_provider_sessions(
     Ok(ended as u64)
 }
 
-/// Deletes the logins of expired sessions and queues their tokens for revocation. Returns
-/// how many were deleted.
-pub async fn delete_expired_logins(
-    conn: &mut sqlx::PgConnection,
-    token_ids: &[Uuid],
-) -> Result<u64, sqlx::Error> {
-    let deleted: i64 = sqlx::query_scalar(concat!(
-        "WITH gone AS (DELETE FROM oauth_tokens t WHERE t.token_id = ANY($1) RETURNING ",
-        gone_columns!(),
-        "), ",
-        queue_from!("gone", "$2"),
-        " SELECT count(*) FROM gone"
-    ))
-    .bind(token_ids)
-    .bind(EndReason::Expired)
-    .fetch_one(conn)
-    .await?;
-    Ok(deleted as u64)
-}
-
 /// Deletes up to `limit` logins no session holds any more (a crash between storing the
 /// tokens and saving the session, a login dropped after its provider refused a refresh),
 /// older than an hour, and queues their tokens for revocation. This reads every token row, so

@@ -14,8 +14,8 @@ mod rekey;
 pub use claims::{CLAIM_DUE_TOKENS, Claimed};
 pub use counts::{TokenCounts, counts};
 pub use logins::{
-    EndedLogin, delete_expired_logins, delete_logins, delete_logins_of_user, delete_orphans,
-    end_logins, end_provider_sessions, insert_tokens, store_login,
+    EndedLogin, delete_logins, delete_logins_of_user, delete_orphans, end_logins,
+    end_provider_sessions, insert_tokens, store_login,
 };
 pub use outbox::{
     EndReason, OutboxCounts, QueuedRevocation, claim_revocations, outbox_counts, revocation_done,
