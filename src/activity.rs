@@ -35,7 +35,7 @@ pub const RETENTION_DAYS: i32 = 30;
 
 /// Adds `n` to the current minute's count of `event`.
 pub async fn record(pool: &PgPool, event: ActivityEvent, n: u64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         r#"
         INSERT INTO activity_stats (minute, event, count)
         VALUES (date_trunc('minute', now()), $1, $2)
@@ -51,10 +51,11 @@ pub async fn record(pool: &PgPool, event: ActivityEvent, n: u64) -> Result<(), s
 
 /// Drops counts older than [`RETENTION_DAYS`].
 pub async fn delete_old(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let deleted =
-        sqlx::query("DELETE FROM activity_stats WHERE minute < now() - make_interval(days => $1)")
-            .bind(RETENTION_DAYS)
-            .execute(pool)
-            .await?;
+    let deleted = crate::db::query(
+        "DELETE FROM activity_stats WHERE minute < now() - make_interval(days => $1)",
+    )
+    .bind(RETENTION_DAYS)
+    .execute(pool)
+    .await?;
     Ok(deleted.rows_affected())
 }

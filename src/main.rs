@@ -138,25 +138,29 @@ async fn tokens_command(action: TokensAction, only: KeysOnly) -> anyhow::Result<
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let pool = db::lazy_pool(&settings.database).context("database.url")?;
-    let status = migrations::status(&pool)
-        .await
-        .context("checking the database schema")?;
+    let pool = db::serve_pool(&settings.database).context("database.url")?;
     if settings.database.migrate_on_start {
-        let applied = migrations::apply(&pool).await?;
+        // Without the request timeouts: a migration may rightly take long.
+        let schema = db::lazy_pool(&settings.database).context("database.url")?;
+        let applied = migrations::apply(&schema).await?;
+        schema.close().await;
         if applied > 0 {
             tracing::info!(applied, "Applied pending migrations");
         }
-    } else {
-        migrations::check_ready(&status)?;
     }
+    let status = migrations::status(&pool)
+        .await
+        .context("checking the database schema")?;
+    migrations::check_ready(&status)?;
     let app = Application::build(settings, pool).await?;
     tracing::info!(port = app.port(), "storefront listening");
     let state = app.state().clone();
     let stop = CancellationToken::new();
     let tasks = app.spawn_background_tasks(stop.clone());
-    // actix-web handles SIGINT/SIGTERM: it stops accepting, drains, then returns. Then the
-    // background tasks stop (refresh calls in flight finish and are written), then the pools.
+    // On SIGINT/SIGTERM: drain (readiness fails, connections close after their response),
+    // then stop accepting and finish the requests in flight. Then the background tasks stop
+    // (refresh calls in flight finish and are written), then the pools.
+    tokio::spawn(drain_and_stop(state.clone(), app.server_handle()));
     let result = app.run_until_stopped().await;
     stop.cancel();
     for task in tasks {
@@ -164,4 +168,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     Application::close_pools(&state).await;
     result.context("HTTP server")
+}
+
+/// Waits for SIGTERM or SIGINT, fails readiness for `server.drain_secs`, then stops the
+/// server gracefully (in-flight requests get `server.shutdown_timeout_secs`).
+async fn drain_and_stop(state: storefront::state::State, server: actix_web::dev::ServerHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("Cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let drain = std::time::Duration::from_secs(state.settings.server.drain_secs);
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(drain_secs = drain.as_secs(), "Stopping: draining first");
+    tokio::time::sleep(drain).await;
+    server.stop(true).await;
 }

@@ -101,6 +101,7 @@ impl Application {
             proxies,
             csrf_key: CsrfKey::derive(settings.session.secret_key.bytes()),
             settings,
+            draining: Default::default(),
         });
         let server = run(listener, state.clone())?;
         let metrics_server = match &state.settings.metrics.listen {
@@ -185,7 +186,12 @@ impl Application {
         state.pool.close().await;
     }
 
-    /// Serves until the server stops (SIGTERM/SIGINT); the metrics listener stops with it.
+    /// Stops the server gracefully when awaited (what SIGTERM does in `serve`).
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped; the metrics listener stops with it.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let metrics = self.metrics_server.map(|(_, server)| {
             let handle = server.handle();
@@ -267,6 +273,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
             .wrap(ErrorHandlers::new().default_handler(routes::errors::render_error_page))
             .wrap(routes::security::headers(&state.settings))
             .wrap(from_fn(routes::metrics::record_requests))
+            .wrap(from_fn(routes::health::close_when_draining))
             .wrap(TracingLogger::<routes::request_span::RedactedRootSpan>::new())
             .app_data(state.clone())
             .app_data(web::QueryConfig::default().error_handler(routes::errors::bad_query))
@@ -292,6 +299,8 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
     .client_request_timeout(Duration::from_secs(server_settings.request_timeout_secs))
     .client_disconnect_timeout(Duration::from_secs(5))
     .shutdown_timeout(server_settings.shutdown_timeout_secs)
+    // `serve` handles SIGTERM/SIGINT itself: it drains first (`server.drain_secs`).
+    .disable_signals()
     .listen(listener)?
     .run();
     Ok(server)

@@ -37,6 +37,15 @@ pub struct AppState {
     /// Signs the CSRF tokens of visitors without a session.
     pub csrf_key: CsrfKey,
     pub settings: Settings,
+    /// Set on SIGTERM/SIGINT: `/health` answers 503 and responses close their connections
+    /// until the listener closes (`server.drain_secs` later).
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// What handlers take as an extractor.

@@ -43,7 +43,7 @@ pub async fn audit(
     limit: i64,
 ) -> Result<AuditPage, sqlx::Error> {
     let limit = limit.clamp(1, 500);
-    let mut entries: Vec<AuditEntry> = sqlx::query_as(
+    let mut entries: Vec<AuditEntry> = crate::db::query_as(
         r#"
         SELECT audit_id, at, admin_subject, admin_email, action, target_subject, target_email,
                target_session_id, sessions_ended, host(ip) AS ip

@@ -32,7 +32,7 @@ pub struct Overview {
 /// The dashboard's counts: sessions and activity in one statement, the token rows' health
 /// (from the token store) beside it.
 pub async fn overview(pool: &PgPool) -> Result<Overview, sqlx::Error> {
-    let counts = sqlx::query_as::<_, Overview>(
+    let counts = crate::db::query_as::<Overview>(
         r#"
         SELECT
           (SELECT count(*) FROM sessions
@@ -77,7 +77,7 @@ pub struct HourlyActivity {
 
 /// Logins and refreshes per hour over the last 24 hours (the current hour last).
 pub async fn hourly_activity(pool: &PgPool) -> Result<Vec<HourlyActivity>, sqlx::Error> {
-    sqlx::query_as(
+    crate::db::query_as(
         r#"
         SELECT h AS hour,
                coalesce(sum(a.count) FILTER (WHERE a.event = $1), 0)::bigint AS logins,

@@ -51,9 +51,9 @@ pub async fn revoke(
     session_id: Uuid,
     scope: RevokeScope,
 ) -> Result<Option<Revoked>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     // The session row is locked, so a concurrent save cannot slip in between.
-    let target: Option<Target> = sqlx::query_as(
+    let target: Option<Target> = crate::db::query_as(
         r#"
         SELECT l.token_id, l.user_id, l.subject, l.email
         FROM sessions s
@@ -95,7 +95,7 @@ pub async fn revoke(
         RevokeScope::Session => AuditAction::RevokeSession,
         RevokeScope::User => AuditAction::RevokeUserSessions,
     };
-    sqlx::query(
+    crate::db::query(
         r#"
         INSERT INTO admin_audit (audit_id, admin_user_id, admin_subject, admin_email, action,
                                  target_user_id, target_subject, target_email,

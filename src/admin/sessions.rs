@@ -142,7 +142,7 @@ pub async fn sessions(pool: &PgPool, query: &SessionQuery) -> Result<SessionPage
         "#
     );
     let limit = query.limit.clamp(1, 500);
-    let mut rows: Vec<SessionRow> = sqlx::query_as(&sql)
+    let mut rows: Vec<SessionRow> = crate::db::query_as(&sql)
         .bind(query.search.as_deref().map(like_pattern))
         .bind(query.status)
         .bind(query.after.map(|c| c.key))
@@ -156,7 +156,7 @@ pub async fn sessions(pool: &PgPool, query: &SessionQuery) -> Result<SessionPage
 
 /// One live session, for the revoke confirmation.
 pub async fn session(pool: &PgPool, session_id: Uuid) -> Result<Option<SessionRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    crate::db::query_as(&format!(
         "{SESSION_ROWS} WHERE s.session_id = $1 AND s.expires_at > now()"
     ))
     .bind(session_id)

@@ -11,7 +11,7 @@ pub async fn remember(
     jti: &str,
     until: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
+    let inserted = crate::db::query(
         r#"
         INSERT INTO logout_token_jtis (issuer, jti, expires_at) VALUES ($1, $2, $3)
         ON CONFLICT (issuer, jti) DO NOTHING
@@ -27,7 +27,7 @@ pub async fn remember(
 
 /// Forgets the tokens that can no longer be presented.
 pub async fn delete_expired(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query("DELETE FROM logout_token_jtis WHERE expires_at < now()")
+    let deleted = crate::db::query("DELETE FROM logout_token_jtis WHERE expires_at < now()")
         .execute(pool)
         .await?;
     Ok(deleted.rows_affected())

@@ -8,8 +8,8 @@ mod sections;
 mod values;
 
 pub use sections::{
-    AdminSettings, Cadence, DatabaseSettings, MetricsSettings, OidcSettings, RateLimitSettings,
-    RefreshSettings, ServerSettings, SessionSettings, TokenKey, TokenSettings,
+    AdminSettings, Cadence, DatabaseSettings, MetricsSettings, OidcSettings, Pooler,
+    RateLimitSettings, RefreshSettings, ServerSettings, SessionSettings, TokenKey, TokenSettings,
 };
 pub use values::{AesKey, CookieKey, LogFormat, PreviousKey};
 
@@ -354,6 +354,12 @@ impl DatabaseSettings {
         let url = self.url.expose_secret();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(invalid("database.url", "must be a postgres:// URL"));
+        }
+        if self.pooler == Pooler::Transaction && self.migrate_on_start {
+            return Err(invalid(
+                "database.migrate_on_start",
+                "cannot be used through a transaction pooler (database.pooler = \"transaction\"): run `storefront migrate` against Postgres directly",
+            ));
         }
         Ok(())
     }

@@ -28,9 +28,30 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_timeout_secs: u64,
+    /// Seconds between SIGTERM/SIGINT and closing the listener, while `/health` already
+    /// answers 503 ("draining") and every response closes its connection: a load balancer
+    /// takes the instance out before it stops, and keep-alive clients reconnect elsewhere.
+    pub drain_secs: u64,
     /// Benchmarks only: serve `GET /_bench/baseline`, a bare handler doing one primary-key
     /// select, to compare the shop's pages with.
     pub baseline_route: bool,
+}
+
+/// `database.pooler`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooler {
+    /// Straight to Postgres (or a pooler in session mode): prepared statements are cached
+    /// per connection, the timeouts are startup options.
+    #[default]
+    None,
+    /// A PgBouncer in transaction pooling, which (up to 1.20) keeps no prepared statement
+    /// across transactions and forwards no startup options. Every statement is unnamed, every
+    /// use of a pooled connection is one transaction (`BEGIN` with the timeouts as `SET
+    /// LOCAL` when it is taken, `COMMIT` when it is given back), so the two messages of an
+    /// unnamed statement reach the same server. `migrate` and `migrate_on_start` must not go
+    /// through it (their advisory lock is session-level).
+    Transaction,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +62,15 @@ pub struct DatabaseSettings {
     pub acquire_timeout_ms: u64,
     /// `serve` applies pending migrations itself instead of refusing to start.
     pub migrate_on_start: bool,
+    /// What sits between the shop and Postgres: `none`, or `transaction` for a PgBouncer in
+    /// transaction pooling (see [`Pooler`]).
+    pub pooler: Pooler,
+    /// `statement_timeout` of `serve`'s connections (0: the server's own). A statement
+    /// cancelled by it is a 503, not a hang.
+    pub statement_timeout_ms: u64,
+    /// `lock_timeout` of `serve`'s connections (0: the server's own): a request waiting on a
+    /// lock (a DBA's `ALTER TABLE`, a long `LOCK`) answers 503 after this, it does not wait.
+    pub lock_timeout_ms: u64,
 }
 
 impl DatabaseSettings {

@@ -1,12 +1,15 @@
 //! The connection pool and the embedded migrations.
 
 pub mod migrations;
+mod statements;
+
+pub use statements::{Route, begin, query, query_as, query_scalar};
 
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::configuration::DatabaseSettings;
+use crate::configuration::{DatabaseSettings, Pooler};
 
 /// Every migration in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -17,6 +20,50 @@ impl DatabaseSettings {
             .expose_secret()
             .parse::<PgConnectOptions>()
             .map(|o| o.application_name("storefront"))
+    }
+
+    /// The statement and lock timeouts that are set, as (name, value) pairs.
+    fn timeouts(&self) -> Vec<(&'static str, String)> {
+        [
+            ("statement_timeout", self.statement_timeout_ms),
+            ("lock_timeout", self.lock_timeout_ms),
+        ]
+        .into_iter()
+        .filter(|(_, ms)| *ms > 0)
+        .map(|(name, ms)| (name, format!("{ms}ms")))
+        .collect()
+    }
+
+    /// The options of `serve`'s connections. Straight to Postgres: the statement and lock
+    /// timeouts as startup options, so they hold from the first statement. Through a
+    /// transaction pooler: no statement cache and no startup options (see
+    /// [`Self::serve_pool_options`]). `migrate` uses neither: a migration may rightly take
+    /// long.
+    pub fn tune(&self, options: PgConnectOptions) -> PgConnectOptions {
+        match self.pooler {
+            Pooler::Transaction => options.statement_cache_capacity(0),
+            Pooler::None => match self.timeouts() {
+                timeouts if timeouts.is_empty() => options,
+                timeouts => options.options(timeouts),
+            },
+        }
+    }
+
+    /// The pool options of `serve`: behind a transaction pooler, statements become unnamed
+    /// and run in transactions of their own ([`statements`]), which set the timeouts.
+    pub fn serve_pool_options(&self) -> PgPoolOptions {
+        if self.pooler == Pooler::Transaction {
+            let begin = std::iter::once("BEGIN".to_owned())
+                .chain(
+                    self.timeouts()
+                        .into_iter()
+                        .map(|(name, value)| format!("SET LOCAL {name} = '{value}'")),
+                )
+                .collect::<Vec<_>>()
+                .join("; ");
+            statements::use_transaction_pooler(begin);
+        }
+        self.pool_options()
     }
 
     /// Pool settings shared by the server, the workers and the tests.
@@ -34,6 +81,14 @@ pub fn lazy_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     Ok(settings
         .pool_options()
         .connect_lazy_with(settings.connect_options()?))
+}
+
+/// `serve`'s pool: connections [`DatabaseSettings::tune`]d, pool options
+/// [`DatabaseSettings::serve_pool_options`].
+pub fn serve_pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    Ok(settings
+        .serve_pool_options()
+        .connect_lazy_with(settings.tune(settings.connect_options()?)))
 }
 
 /// A second, small pool to the same database, with the same options, for the background work
@@ -56,7 +111,9 @@ const BACKGROUND_CONNECTIONS: u32 = 4;
 /// server sends while it refuses or loses connections: class 08 (connection exception), 53
 /// (insufficient resources, e.g. too many connections), 55000 (object not in prerequisite
 /// state: `ALLOW_CONNECTIONS false`), 57P (shutting down, crash recovery), and the
-/// connection-time refusals 28 (authentication) and 3D000 (no such database).
+/// connection-time refusals 28 (authentication) and 3D000 (no such database). A statement the
+/// server cancelled for running past `statement_timeout` (57014) or waiting past
+/// `lock_timeout` (55P03) is the database being too busy right now: a 503 too, never a hang.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut
@@ -74,7 +131,7 @@ fn is_outage_sqlstate(code: &str) -> bool {
     ["08", "53", "57P", "28"]
         .iter()
         .any(|class| code.starts_with(class))
-        || matches!(code, "55000" | "3D000")
+        || matches!(code, "55000" | "3D000" | "55P03" | "57014")
 }
 
 #[cfg(test)]
@@ -85,10 +142,11 @@ mod tests {
     fn connection_refusals_are_outages_and_query_errors_are_not() {
         for code in [
             "08006", "08001", "53300", "53100", "55000", "57P01", "57P03", "28P01", "3D000",
+            "55P03", "57014",
         ] {
             assert!(is_outage_sqlstate(code), "{code}");
         }
-        for code in ["23505", "22P02", "42P01", "40001", "55P03", "57014"] {
+        for code in ["23505", "22P02", "42P01", "40001"] {
             assert!(!is_outage_sqlstate(code), "{code}");
         }
     }

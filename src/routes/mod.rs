@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
         cfg.route("/_bench/baseline", web::get().to(health::baseline));
     }
     cfg.route("/health", web::get().to(health::health_check))
+        .route("/health/live", web::get().to(health::liveness))
         .route("/metrics", web::get().to(metrics::public_metrics))
         .route("/", web::get().to(shop::catalogue::home))
         .route(

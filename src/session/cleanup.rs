@@ -27,7 +27,7 @@ pub struct CleanupReport {
 
 /// Takes the cleanup lock for this transaction, unless another instance holds it.
 async fn try_cleanup_lock(tx: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+    crate::db::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
         .bind(CLEANUP_LOCK_KEY)
         .fetch_one(tx)
         .await
@@ -35,7 +35,7 @@ async fn try_cleanup_lock(tx: &mut sqlx::PgConnection) -> Result<bool, sqlx::Err
 
 /// Deletes up to `batch` expired sessions; call again while it returns a full batch.
 pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupReport, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     let locked = try_cleanup_lock(&mut tx).await?;
     if !locked {
         return Ok(CleanupReport {
@@ -44,7 +44,7 @@ pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupRe
         });
     }
     // The sessions go first, then the logins they held.
-    let token_ids: Vec<Option<Uuid>> = sqlx::query_scalar(
+    let token_ids: Vec<Option<Uuid>> = crate::db::query_scalar(
         r#"
         WITH doomed AS (
             SELECT session_id FROM sessions
@@ -78,7 +78,7 @@ pub async fn delete_expired_batch(pool: &PgPool, batch: i64) -> Result<CleanupRe
 
 /// Deletes logins whose session was never saved, under the cleanup lock.
 async fn delete_orphan_logins(pool: &PgPool, limit: i64) -> Result<u64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     if !try_cleanup_lock(&mut tx).await? {
         return Ok(0);
     }

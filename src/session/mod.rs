@@ -39,7 +39,7 @@ pub struct ClientInfo {
 
 /// Live logged-in sessions (the dashboard's and the metrics' "active sessions").
 pub async fn count_logged_in(pool: &sqlx::PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    crate::db::query_scalar(
         "SELECT count(*) FROM sessions WHERE token_id IS NOT NULL AND expires_at > now()",
     )
     .fetch_one(pool)
@@ -51,7 +51,7 @@ pub async fn end_sessions_of_logins(
     conn: &mut sqlx::PgConnection,
     token_ids: &[uuid::Uuid],
 ) -> Result<i64, sqlx::Error> {
-    let ended = sqlx::query("DELETE FROM sessions WHERE token_id = ANY($1)")
+    let ended = crate::db::query("DELETE FROM sessions WHERE token_id = ANY($1)")
         .bind(token_ids)
         .execute(conn)
         .await?;
@@ -63,7 +63,7 @@ pub async fn end_sessions_of_user(
     conn: &mut sqlx::PgConnection,
     user_id: uuid::Uuid,
 ) -> Result<i64, sqlx::Error> {
-    let ended = sqlx::query(
+    let ended = crate::db::query(
         "DELETE FROM sessions WHERE token_id IN (SELECT token_id FROM logins WHERE user_id = $1)",
     )
     .bind(user_id)

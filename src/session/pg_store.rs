@@ -97,7 +97,7 @@ impl PgSessionStore {
     /// Records use of the session and pushes its idle expiry forward (never past the
     /// absolute expiry). Concurrent requests touch once: the second finds it fresh.
     async fn touch(&self, session_id: Uuid) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        crate::db::query(
             r#"
             UPDATE sessions
             SET last_seen_at = now(),
@@ -116,7 +116,7 @@ impl PgSessionStore {
     async fn insert(&self, state: State) -> anyhow::Result<SessionKey> {
         let columns = Columns::from_state(state)?;
         let key = new_session_key();
-        sqlx::query(
+        crate::db::query(
             r#"
             INSERT INTO sessions (session_id, key_hash, state, token_id, ip, user_agent,
                                   expires_at, absolute_expires_at)
@@ -150,7 +150,7 @@ impl PgSessionStore {
         columns: &Columns,
     ) -> Result<bool, sqlx::Error> {
         // A token id that no longer exists (revoked meanwhile) is stored as NULL.
-        let updated = sqlx::query(
+        let updated = crate::db::query(
             r#"
             UPDATE sessions
             SET key_hash = $2,
@@ -179,7 +179,7 @@ impl PgSessionStore {
 
     /// The session's state and version as they are now; `None` if it has ended.
     async fn fresh(&self, key: &SessionKey) -> Result<Option<(State, i64)>, sqlx::Error> {
-        let row: Option<(serde_json::Value, i64, Option<Uuid>)> = sqlx::query_as(
+        let row: Option<(serde_json::Value, i64, Option<Uuid>)> = crate::db::query_as(
             r#"
             SELECT state, version, token_id FROM sessions
             WHERE key_hash = $1 AND expires_at > now() AND absolute_expires_at > now()
@@ -353,7 +353,7 @@ struct LoadedRow {
 impl SessionStore for PgSessionStore {
     async fn load(&self, session_key: &SessionKey) -> Result<Option<State>, LoadError> {
         // A plain read in steady state: the session, its login and the user in one query.
-        let row: Option<LoadedRow> = sqlx::query_as(
+        let row: Option<LoadedRow> = crate::db::query_as(
             r#"
             SELECT s.session_id, s.state, s.version, s.last_seen_at, l.user_id, l.subject, l.email,
                    l.email_verified, l.name, l.groups, l.token_id, l.access_expires_at,
@@ -472,7 +472,7 @@ impl SessionStore for PgSessionStore {
         session_key: &SessionKey,
         _ttl: &CookieDuration,
     ) -> anyhow::Result<()> {
-        sqlx::query(
+        crate::db::query(
             r#"
             UPDATE sessions
             SET last_seen_at = now(),
@@ -489,7 +489,7 @@ impl SessionStore for PgSessionStore {
     }
 
     async fn delete(&self, session_key: &SessionKey) -> anyhow::Result<()> {
-        sqlx::query("DELETE FROM sessions WHERE key_hash = $1")
+        crate::db::query("DELETE FROM sessions WHERE key_hash = $1")
             .bind(hash(session_key))
             .execute(&self.pool)
             .await

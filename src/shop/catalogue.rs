@@ -1,7 +1,6 @@
 //! Products and their stock, always read from Postgres: a price never comes from a form.
 
 use serde::Serialize;
-use sqlx::PgExecutor;
 
 use super::Money;
 
@@ -50,8 +49,8 @@ const COLUMNS: &str =
     "product_id, slug, name, description, price_cents, currency, image_path, image_alt, stock";
 
 /// Every product on sale, in catalogue order.
-pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Product>, sqlx::Error> {
-    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+pub async fn list(db: impl Into<crate::db::Route<'_>>) -> Result<Vec<Product>, sqlx::Error> {
+    let rows: Vec<ProductRow> = crate::db::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE active ORDER BY name"
     ))
     .fetch_all(db)
@@ -59,8 +58,11 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Product>, sqlx::Error> 
     Ok(rows.into_iter().map(Product::from).collect())
 }
 
-pub async fn by_slug(db: impl PgExecutor<'_>, slug: &str) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<ProductRow> = sqlx::query_as(&format!(
+pub async fn by_slug(
+    db: impl Into<crate::db::Route<'_>>,
+    slug: &str,
+) -> Result<Option<Product>, sqlx::Error> {
+    let row: Option<ProductRow> = crate::db::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE slug = $1 AND active"
     ))
     .bind(slug)
@@ -70,10 +72,10 @@ pub async fn by_slug(db: impl PgExecutor<'_>, slug: &str) -> Result<Option<Produ
 }
 
 pub async fn by_id(
-    db: impl PgExecutor<'_>,
+    db: impl Into<crate::db::Route<'_>>,
     product_id: i64,
 ) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<ProductRow> = sqlx::query_as(&format!(
+    let row: Option<ProductRow> = crate::db::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE product_id = $1 AND active"
     ))
     .bind(product_id)
@@ -83,8 +85,11 @@ pub async fn by_id(
 }
 
 /// The products on sale among `ids`, in no particular order.
-pub async fn by_ids(db: impl PgExecutor<'_>, ids: &[i64]) -> Result<Vec<Product>, sqlx::Error> {
-    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+pub async fn by_ids(
+    db: impl Into<crate::db::Route<'_>>,
+    ids: &[i64],
+) -> Result<Vec<Product>, sqlx::Error> {
+    let rows: Vec<ProductRow> = crate::db::query_as(&format!(
         "SELECT {COLUMNS} FROM products WHERE product_id = ANY($1) AND active"
     ))
     .bind(ids)

@@ -114,9 +114,9 @@ const CATALOGUE: &[DemoProduct] = &[
 
 /// Loads (or brings up to date) the demo catalogue; returns how many products it holds.
 pub async fn load(pool: &PgPool) -> Result<usize, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     for p in CATALOGUE {
-        sqlx::query(
+        crate::db::query(
             r#"
             INSERT INTO products (slug, name, description, price_cents, currency, image_path,
                                   image_alt, stock)

@@ -52,8 +52,8 @@ pub async fn place_order(
     idempotency_key: Uuid,
     cart: &Cart,
 ) -> Result<Placed, CheckoutError> {
-    let mut tx = pool.begin().await?;
-    let order_id: Option<Uuid> = sqlx::query_scalar(
+    let mut tx = crate::db::begin(pool).await?;
+    let order_id: Option<Uuid> = crate::db::query_scalar(
         r#"
         INSERT INTO orders (order_id, user_id, idempotency_key, total_cents, currency)
         VALUES ($1, $2, $3, 0, 'EUR')
@@ -67,7 +67,7 @@ pub async fn place_order(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(order_id) = order_id else {
-        let existing: Uuid = sqlx::query_scalar(
+        let existing: Uuid = crate::db::query_scalar(
             "SELECT order_id FROM orders WHERE user_id = $1 AND idempotency_key = $2",
         )
         .bind(user_id)
@@ -90,7 +90,7 @@ pub async fn place_order(
         .collect();
     // Takes the stock of every line that has enough, at the catalogue's current price; rows
     // are locked in product order so concurrent checkouts cannot deadlock.
-    let taken: Vec<TakenLine> = sqlx::query_as(
+    let taken: Vec<TakenLine> = crate::db::query_as(
         r#"
         WITH wanted AS (
             SELECT * FROM unnest($1::bigint[], $2::int[]) AS w(product_id, quantity)
@@ -113,7 +113,7 @@ pub async fn place_order(
     .await?;
     if taken.len() != ids.len() {
         tx.rollback().await?;
-        let short: Vec<ShortLine> = sqlx::query_as(
+        let short: Vec<ShortLine> = crate::db::query_as(
             r#"
             SELECT p.name, CASE WHEN p.active THEN p.stock ELSE 0 END AS left_in_stock
             FROM unnest($1::bigint[], $2::int[]) AS w(product_id, quantity)
@@ -138,7 +138,7 @@ pub async fn place_order(
         .iter()
         .map(|t| i64::from(t.price_cents) * i64::from(t.quantity))
         .sum();
-    sqlx::query(
+    crate::db::query(
         r#"
         INSERT INTO order_items (order_id, product_id, name, unit_price_cents, quantity)
         SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::int[], $5::int[])
@@ -151,7 +151,7 @@ pub async fn place_order(
     .bind(taken.iter().map(|t| t.quantity).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE orders SET total_cents = $2, currency = $3 WHERE order_id = $1")
+    crate::db::query("UPDATE orders SET total_cents = $2, currency = $3 WHERE order_id = $1")
         .bind(order_id)
         .bind(total)
         .bind(&currency)
@@ -202,7 +202,7 @@ pub async fn for_user(
     user_id: Uuid,
     only: Option<Uuid>,
 ) -> Result<Vec<Order>, sqlx::Error> {
-    let rows: Vec<OrderRow> = sqlx::query_as(
+    let rows: Vec<OrderRow> = crate::db::query_as(
         r#"
         SELECT o.order_id, o.status, o.created_at, o.total_cents, o.currency,
                i.name, i.quantity, i.unit_price_cents

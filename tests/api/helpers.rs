@@ -122,7 +122,7 @@ pub async fn spawn_app_with_idp(
     let pool = pool_opts
         .max_connections(settings.database.max_connections)
         .acquire_timeout(settings.database.acquire_timeout())
-        .connect_lazy_with(db);
+        .connect_lazy_with(settings.database.tune(db));
     spawn_on(settings, pool, listener, idp).await
 }
 

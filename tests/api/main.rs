@@ -2,6 +2,7 @@ mod admin;
 mod browser;
 mod callback_faults;
 mod configuration;
+mod deployment;
 mod fake_idp;
 mod hardening;
 mod health;

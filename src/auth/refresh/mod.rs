@@ -42,8 +42,10 @@ use crate::crypto::TokenCipher;
 use limiter::Limiter;
 use on_demand::Flight;
 
-/// How long a refresh that answered may keep retrying its write while Postgres is away.
-const WRITE_RETRY_FOR: Duration = Duration::from_secs(10);
+/// How long a refresh that answered may keep retrying its write while Postgres is away: longer
+/// than an HA manager takes to promote a standby (10-30 s), since the answer may be the only
+/// copy of a rotated refresh token.
+const WRITE_RETRY_FOR: Duration = Duration::from_secs(60);
 const WRITE_RETRY_EVERY: Duration = Duration::from_millis(500);
 
 /// What became of one claimed row.

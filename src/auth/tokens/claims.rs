@@ -78,7 +78,7 @@ pub(crate) async fn claim_due(
     claim: Uuid,
     lease_secs: u64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    sqlx::query_as(CLAIM_DUE_TOKENS)
+    crate::db::query_as(CLAIM_DUE_TOKENS)
         .bind(batch)
         .bind(claim)
         .bind(lease_secs as f64)
@@ -95,7 +95,7 @@ pub(crate) async fn claim_expired(
     lease_secs: u64,
     seen_expiry: DateTime<Utc>,
 ) -> Result<Option<Claimed>, sqlx::Error> {
-    sqlx::query_as(concat!(
+    crate::db::query_as(concat!(
         "
         UPDATE oauth_tokens t
         SET refresh_claim = $2,
@@ -122,7 +122,7 @@ pub(crate) async fn release(
     token_ids: &[Uuid],
     claim: Uuid,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         r#"
         UPDATE oauth_tokens SET refresh_claim = NULL, refresh_claimed_until = NULL
         WHERE token_id = ANY($1) AND refresh_claim = $2
@@ -144,7 +144,7 @@ pub(crate) async fn renew(
     claim: Uuid,
     lease_secs: u64,
 ) -> Result<bool, sqlx::Error> {
-    let renewed = sqlx::query(
+    let renewed = crate::db::query(
         r#"
         UPDATE oauth_tokens SET refresh_claimed_until = now() + make_interval(secs => $3)
         WHERE token_id = $1 AND refresh_claim = $2 AND refresh_claimed_until > now()
@@ -167,7 +167,7 @@ pub(crate) async fn drop_refresh_token(
     row: &Claimed,
     claim: Uuid,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         r#"
         UPDATE oauth_tokens
         SET refresh_token = NULL, refresh_claim = NULL, refresh_claimed_until = NULL
@@ -190,7 +190,7 @@ pub(crate) async fn record_failure(
     claim: Uuid,
     backoff: std::time::Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         r#"
         UPDATE oauth_tokens
         SET refresh_status = $4, failure_count = failure_count + 1,
@@ -228,7 +228,7 @@ pub(crate) async fn save_refreshed(
     let sealed = seal(cipher, token_id, &kept.tokens);
     let when = schedule(cadence, &kept.tokens);
     let groups = kept.groups.clone();
-    let saved: i64 = sqlx::query_scalar(
+    let saved: i64 = crate::db::query_scalar(
         r#"
         WITH saved AS (
             UPDATE oauth_tokens
@@ -269,7 +269,7 @@ pub(crate) async fn save_refreshed(
 /// refresh token is no longer the one refused (another instance refreshed it meanwhile).
 /// Returns whether it marked.
 pub(crate) async fn mark_refused(pool: &PgPool, row: &Claimed) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
+    let updated = crate::db::query(
         r#"
         UPDATE oauth_tokens
         SET refresh_status = $3, refresh_claim = NULL, refresh_claimed_until = NULL
@@ -286,7 +286,7 @@ pub(crate) async fn mark_refused(pool: &PgPool, row: &Claimed) -> Result<bool, s
 
 /// A login whose access token has expired and that has no refresh token: only a new login helps.
 pub(crate) async fn mark_needs_login(pool: &PgPool, token_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE oauth_tokens SET refresh_status = $2 WHERE token_id = $1")
+    crate::db::query("UPDATE oauth_tokens SET refresh_status = $2 WHERE token_id = $1")
         .bind(token_id)
         .bind(RefreshStatus::NeedsLogin)
         .execute(pool)

@@ -16,7 +16,7 @@ pub struct TokenCounts {
 /// Both counts in one statement. The statuses are literals so that the planner can use the
 /// partial indexes that name them.
 pub async fn counts(pool: &PgPool) -> Result<TokenCounts, sqlx::Error> {
-    sqlx::query_as(concat!(
+    crate::db::query_as(concat!(
         "SELECT
            (SELECT count(*) FROM oauth_tokens WHERE refresh_status = 'retrying') AS retrying,
            (SELECT count(*) FROM oauth_tokens WHERE ",

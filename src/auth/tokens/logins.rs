@@ -35,7 +35,7 @@ pub async fn store_login(
     let token_id = Uuid::now_v7();
     let sealed = seal(cipher, token_id, &login.tokens);
     let when = schedule(cadence, &login.tokens);
-    let user_id: Uuid = sqlx::query_scalar(
+    let user_id: Uuid = crate::db::query_scalar(
         r#"
         WITH login_user AS (
             INSERT INTO users (user_id, issuer, subject, email, name, groups, email_verified,
@@ -84,7 +84,7 @@ pub async fn store_login(
 /// For logins without verified ID-token claims (seeding tests and benchmarks); a real login
 /// goes through [`store_login`], which writes the same row in its one statement.
 pub async fn insert_tokens(
-    conn: impl sqlx::PgExecutor<'_>,
+    conn: impl Into<crate::db::Route<'_>>,
     cipher: &TokenCipher,
     cadence: &Cadence,
     user_id: Uuid,
@@ -94,7 +94,7 @@ pub async fn insert_tokens(
     let token_id = Uuid::now_v7();
     let sealed = seal(cipher, token_id, tokens);
     let when = schedule(cadence, tokens);
-    sqlx::query(
+    crate::db::query(
         r#"
         INSERT INTO oauth_tokens (token_id, user_id, provider_sid, key_id, access_token,
                                   refresh_token, id_token, access_expires_at, refresh_due_at,
@@ -157,12 +157,12 @@ macro_rules! gone_columns {
 /// Deletes these logins (their sessions go with them) and queues their tokens for
 /// revocation, in one statement.
 pub async fn delete_logins(
-    conn: impl sqlx::PgExecutor<'_>,
+    conn: impl Into<crate::db::Route<'_>>,
     cipher: &TokenCipher,
     token_ids: &[Uuid],
     reason: EndReason,
 ) -> Result<Vec<EndedLogin>, sqlx::Error> {
-    let rows: Vec<EndedRow> = sqlx::query_as(concat!(
+    let rows: Vec<EndedRow> = crate::db::query_as(concat!(
         "WITH gone AS (DELETE FROM oauth_tokens t WHERE t.token_id = ANY($1) RETURNING ",
         gone_columns!(),
         "), ",
@@ -178,11 +178,11 @@ pub async fn delete_logins(
 
 /// Deletes these logins and queues their tokens for revocation; returns how many ended.
 pub async fn end_logins(
-    conn: impl sqlx::PgExecutor<'_>,
+    conn: impl Into<crate::db::Route<'_>>,
     token_ids: &[Uuid],
     reason: EndReason,
 ) -> Result<u64, sqlx::Error> {
-    let ended: i64 = sqlx::query_scalar(concat!(
+    let ended: i64 = crate::db::query_scalar(concat!(
         "WITH gone AS (DELETE FROM oauth_tokens t WHERE t.token_id = ANY($1) RETURNING ",
         gone_columns!(),
         "), ",
@@ -198,12 +198,12 @@ pub async fn end_logins(
 
 /// Deletes every login of one user and queues their tokens for revocation.
 pub async fn delete_logins_of_user(
-    conn: impl sqlx::PgExecutor<'_>,
+    conn: impl Into<crate::db::Route<'_>>,
     cipher: &TokenCipher,
     user_id: Uuid,
     reason: EndReason,
 ) -> Result<Vec<EndedLogin>, sqlx::Error> {
-    let rows: Vec<EndedRow> = sqlx::query_as(concat!(
+    let rows: Vec<EndedRow> = crate::db::query_as(concat!(
         "WITH gone AS (DELETE FROM oauth_tokens t WHERE t.user_id = $1 RETURNING ",
         gone_columns!(),
         "), ",
@@ -226,7 +226,7 @@ pub async fn end_provider_sessions(
     subject: Option<&str>,
     sid: Option<&str>,
 ) -> Result<u64, sqlx::Error> {
-    let ended: i64 = sqlx::query_scalar(concat!(
+    let ended: i64 = crate::db::query_scalar(concat!(
         "WITH gone AS (
            DELETE FROM oauth_tokens t
            USING users u
@@ -254,7 +254,7 @@ pub async fn end_provider_sessions(
 /// older than an hour, and queues their tokens for revocation. This reads every token row, so
 /// cleanup runs it once per pass rather than once per batch.
 pub async fn delete_orphans(conn: &mut sqlx::PgConnection, limit: i64) -> Result<u64, sqlx::Error> {
-    let orphans: i64 = sqlx::query_scalar(concat!(
+    let orphans: i64 = crate::db::query_scalar(concat!(
         "WITH gone AS (
            DELETE FROM oauth_tokens t
            WHERE t.token_id IN (

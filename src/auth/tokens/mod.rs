@@ -183,11 +183,11 @@ impl TokenRow {
 
 /// One login's tokens, decrypted; `None` when the login has ended.
 pub async fn load(
-    conn: impl sqlx::PgExecutor<'_>,
+    conn: impl Into<crate::db::Route<'_>>,
     cipher: &TokenCipher,
     token_id: Uuid,
 ) -> Result<Option<StoredTokens>, TokenStoreError> {
-    let row: Option<TokenRow> = sqlx::query_as(concat!(
+    let row: Option<TokenRow> = crate::db::query_as(concat!(
         "SELECT ",
         token_row!(),
         " FROM oauth_tokens t JOIN users u USING (user_id) WHERE t.token_id = $1"

@@ -75,7 +75,7 @@ pub(crate) async fn queue_if_ended(
     tokens: &TokenSet,
 ) -> Result<bool, sqlx::Error> {
     let sealed = seal(cipher, token_id, tokens);
-    let queued: i64 = sqlx::query_scalar(
+    let queued: i64 = crate::db::query_scalar(
         r#"
         WITH still AS (
             SELECT token_id FROM oauth_tokens WHERE token_id = $1 FOR SHARE
@@ -132,7 +132,7 @@ pub async fn claim_revocations(
     limit: i64,
     lease_secs: f64,
 ) -> Result<Vec<QueuedRevocation>, sqlx::Error> {
-    sqlx::query_as(
+    crate::db::query_as(
         r#"
         UPDATE revocation_outbox r
         SET claimed_until = now() + make_interval(secs => $2), attempts = r.attempts + 1
@@ -156,7 +156,7 @@ pub async fn claim_revocations(
 
 /// The provider has the revocation (or it can never be sent): forget it.
 pub async fn revocation_done(pool: &PgPool, revocation_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM revocation_outbox WHERE revocation_id = $1")
+    crate::db::query("DELETE FROM revocation_outbox WHERE revocation_id = $1")
         .bind(revocation_id)
         .execute(pool)
         .await?;
@@ -170,7 +170,7 @@ pub async fn revocation_failed(
     error: &str,
     next_attempt_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    crate::db::query(
         r#"
         UPDATE revocation_outbox
         SET claimed_until = NULL, next_attempt_at = $3, last_error = left($2, 300)
@@ -197,7 +197,7 @@ pub struct OutboxCounts {
 }
 
 pub async fn outbox_counts(pool: &PgPool) -> Result<OutboxCounts, sqlx::Error> {
-    sqlx::query_as(
+    crate::db::query_as(
         r#"
         SELECT count(*) AS pending,
                count(*) FILTER (WHERE last_error IS NOT NULL) AS failing,

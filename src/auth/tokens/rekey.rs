@@ -18,7 +18,7 @@ pub struct KeyUsage {
 /// Rows sealed under each key, the current one included: logins, and tokens still queued
 /// for revocation (a key must stay until those are sent too).
 pub async fn key_usage(pool: &PgPool) -> Result<Vec<KeyUsage>, sqlx::Error> {
-    sqlx::query_as(
+    crate::db::query_as(
         "SELECT key_id, count(*) AS logins
          FROM (SELECT key_id FROM oauth_tokens
                UNION ALL SELECT key_id FROM revocation_outbox) AS sealed
@@ -53,8 +53,8 @@ pub async fn rekey_batch(
     cipher: &TokenCipher,
     batch: i64,
 ) -> Result<RekeyReport, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let rows: Vec<SealedRow> = sqlx::query_as(
+    let mut tx = crate::db::begin(pool).await?;
+    let rows: Vec<SealedRow> = crate::db::query_as(
         r#"
         SELECT token_id, key_id, access_token, refresh_token, id_token
         FROM oauth_tokens
@@ -92,7 +92,7 @@ pub async fn rekey_batch(
             report.unreadable += 1;
             continue;
         };
-        sqlx::query(
+        crate::db::query(
             r#"
             UPDATE oauth_tokens
             SET key_id = $2, access_token = $3, refresh_token = $4, id_token = $5

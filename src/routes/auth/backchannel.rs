@@ -70,7 +70,7 @@ pub async fn backchannel_logout(
 /// Remembers the token's `jti` and ends the logins it names, in one transaction (a provider
 /// retrying after a failure is not taken for a replay). `None`: the `jti` was seen before.
 async fn end_sessions(state: &State, names: &LogoutTokenNames) -> Result<Option<u64>, sqlx::Error> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     if let Some(jti) = &names.jti
         && !logout_tokens::remember(&mut tx, state.oidc.issuer(), jti, names.expires_at).await?
     {
