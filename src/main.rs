@@ -73,7 +73,8 @@ async fn database_command(command: Command, database: DatabaseSettings) -> anyho
         Command::Migrate {
             action: Some(MigrateAction::Status),
         } => {
-            for m in migrations::status(&pool).await? {
+            let status = migrations::status(&pool).await?;
+            for m in &status {
                 println!(
                     "{:<16} {:<18} {}",
                     m.version,
@@ -81,6 +82,7 @@ async fn database_command(command: Command, database: DatabaseSettings) -> anyho
                     m.description
                 );
             }
+            print_compatibility(&pool, &status).await?;
         }
         Command::Migrate {
             action: Some(MigrateAction::Revert),
@@ -89,7 +91,10 @@ async fn database_command(command: Command, database: DatabaseSettings) -> anyho
             None => println!("nothing to revert"),
         },
         Command::DemoData => {
-            migrations::check_ready(&migrations::status(&pool).await?)?;
+            migrations::check_ready(
+                &migrations::status(&pool).await?,
+                migrations::min_binary_version(&pool).await?,
+            )?;
             let n = storefront::shop::demo::load(&pool).await?;
             println!("demo catalogue loaded: {n} products");
         }
@@ -99,7 +104,10 @@ async fn database_command(command: Command, database: DatabaseSettings) -> anyho
 
 async fn tokens_command(action: TokensAction, only: KeysOnly) -> anyhow::Result<()> {
     let pool = db::lazy_pool(&only.database).context("database.url")?;
-    migrations::check_ready(&migrations::status(&pool).await?)?;
+    migrations::check_ready(
+        &migrations::status(&pool).await?,
+        migrations::min_binary_version(&pool).await?,
+    )?;
     let cipher = TokenCipher::new(only.tokens.keys());
     if let TokensAction::Rekey = action {
         let report = tokens::rekey_all(&pool, &cipher, 500).await?;
@@ -151,7 +159,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let status = migrations::status(&pool)
         .await
         .context("checking the database schema")?;
-    migrations::check_ready(&status)?;
+    migrations::check_ready(&status, migrations::min_binary_version(&pool).await?)?;
     let app = Application::build(settings, pool).await?;
     tracing::info!(port = app.port(), "storefront listening");
     let state = app.state().clone();
@@ -192,4 +200,39 @@ async fn drain_and_stop(state: storefront::state::State, server: actix_web::dev:
     tracing::info!(drain_secs = drain.as_secs(), "Stopping: draining first");
     tokio::time::sleep(drain).await;
     server.stop(true).await;
+}
+
+/// After the migration list: this binary, what the schema allows, and every running instance
+/// with whether it can serve the schema as it is now.
+async fn print_compatibility(
+    pool: &sqlx::PgPool,
+    status: &[migrations::MigrationStatus],
+) -> anyhow::Result<()> {
+    let min = migrations::min_binary_version(pool).await?;
+    let binary = migrations::binary_version();
+    let verdict = |version: i64| match migrations::compatible(status, version, min) {
+        Ok(()) => "compatible".to_owned(),
+        Err(why) => format!("INCOMPATIBLE: {why}"),
+    };
+    println!();
+    match min {
+        Some(min) => println!("schema: serves binaries of version {min} or newer"),
+        None => println!("schema: no compatibility record (older than 20261207000003)"),
+    }
+    println!("this binary: version {binary}, {}", verdict(binary));
+    let running = storefront::db::instances::running(pool).await?;
+    if running.is_empty() {
+        println!("running instances: none seen in the last 45 s");
+    }
+    for i in running {
+        println!(
+            "running instance {} pid {} (since {}): version {}, {}",
+            i.host,
+            i.pid,
+            i.started_at.format("%Y-%m-%d %H:%M:%S"),
+            i.binary_version,
+            verdict(i.binary_version)
+        );
+    }
+    Ok(())
 }

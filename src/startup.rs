@@ -153,6 +153,10 @@ impl Application {
         tasks.push(tokio::spawn(
             self.state.revoker.clone().run_until_stopped(stop.clone()),
         ));
+        tasks.push(tokio::spawn(crate::db::instances::heartbeat_until_stopped(
+            self.state.background_pool.clone(),
+            stop.clone(),
+        )));
         tasks.push(tokio::spawn(
             self.state.metrics.clone().read_gauges_until_stopped(
                 self.state.background_pool.clone(),

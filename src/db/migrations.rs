@@ -98,22 +98,82 @@ pub async fn revert_last(pool: &PgPool) -> anyhow::Result<Option<MigrationStatus
     Ok(Some((*last).clone()))
 }
 
-/// Fails with a DBA-readable reason when `serve` must not run against this schema.
-pub fn check_ready(status: &[MigrationStatus]) -> anyhow::Result<()> {
-    refuse_if_diverged(status)?;
+/// The schema version this binary was built with: its newest migration.
+pub fn binary_version() -> i64 {
+    MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type != MigrationType::ReversibleDown)
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The oldest binary the schema still works with (`schema_compatibility`), if the database
+/// records it: expand migrations leave it, contract migrations raise it.
+pub async fn min_binary_version(pool: &PgPool) -> anyhow::Result<Option<i64>> {
+    let min = super::query_scalar("SELECT min_binary_version FROM schema_compatibility")
+        .fetch_optional(pool)
+        .await;
+    match min {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(None),
+        other => Ok(other.context("reading schema_compatibility")?),
+    }
+}
+
+/// Why a binary cannot serve a database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Incompatible {
+    #[error("migration {0} was changed after it was applied")]
+    Altered(String),
+    #[error("the database has pending migration(s): {0}; run `storefront migrate`")]
+    Pending(String),
+    #[error(
+        "the schema was contracted for binaries of version {min} or newer; this one is {binary}"
+    )]
+    Contracted { min: i64, binary: i64 },
+    #[error(
+        "the database has migrations this binary does not know, and no record of which binaries they allow"
+    )]
+    Ahead,
+}
+
+/// Whether a binary of schema version `binary` can serve this database: every migration it
+/// knows is applied and unaltered, and migrations it does not know (the database is ahead)
+/// were all expand migrations (`min_binary` ≤ `binary`).
+pub fn compatible(
+    status: &[MigrationStatus],
+    binary: i64,
+    min_binary: Option<i64>,
+) -> Result<(), Incompatible> {
+    let named = |m: &MigrationStatus| format!("{} {}", m.version, m.description);
+    if let Some(m) = status
+        .iter()
+        .find(|m| m.state == MigrationState::ChecksumMismatch)
+    {
+        return Err(Incompatible::Altered(named(m)));
+    }
     let pending: Vec<String> = status
         .iter()
-        .filter(|m| m.state == MigrationState::Pending)
-        .map(|m| format!("{} {}", m.version, m.description))
+        .filter(|m| m.state == MigrationState::Pending && m.version <= binary)
+        .map(named)
         .collect();
     if !pending.is_empty() {
-        bail!(
-            "the database has {} pending migration(s) ({}); run `storefront migrate` or set database.migrate_on_start = true",
-            pending.len(),
-            pending.join(", ")
-        );
+        return Err(Incompatible::Pending(pending.join(", ")));
     }
-    Ok(())
+    let ahead = status.iter().any(|m| m.state == MigrationState::Unknown);
+    match min_binary {
+        Some(min) if binary < min => Err(Incompatible::Contracted { min, binary }),
+        None if ahead => Err(Incompatible::Ahead),
+        _ => Ok(()),
+    }
+}
+
+/// Fails with a DBA-readable reason when `serve` must not run against this schema (see
+/// [`compatible`]). A database ahead of the binary by expand migrations only is fine, so a
+/// rolling deploy can restart an old instance after the new release's migrations ran.
+pub fn check_ready(status: &[MigrationStatus], min_binary: Option<i64>) -> anyhow::Result<()> {
+    compatible(status, binary_version(), min_binary)
+        .map_err(|why| anyhow::anyhow!("{why}; refusing to serve"))
 }
 
 fn refuse_if_diverged(status: &[MigrationStatus]) -> anyhow::Result<()> {

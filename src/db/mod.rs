@@ -1,5 +1,6 @@
 //! The connection pool and the embedded migrations.
 
+pub mod instances;
 pub mod migrations;
 mod statements;
 

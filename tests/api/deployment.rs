@@ -479,8 +479,12 @@ async fn the_deployment_survives_a_primary_failover_and_a_rolling_deploy() {
         "{node} rejoined as a standby in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{node}:")))
+        .unwrap_or_default();
     assert!(
-        status.contains(&format!("{node}: {{\"state\": \"running\"")),
+        line.contains("\"state\": \"running\"") && line.contains("\"role\": \"replica\""),
         "{status}"
     );
 

@@ -139,3 +139,77 @@ async fn a_database_refusing_connections_answers_503_then_the_same_session_carri
     );
     assert!(profile.text().await.unwrap().contains("alice"));
 }
+
+#[sqlx::test]
+async fn liveness_stays_up_while_readiness_fails_for_the_drain(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app(opts, db).await;
+    assert_eq!(app.get("/health/live").await.status().as_u16(), 200);
+    let ready = app.get("/health").await;
+    assert_eq!(ready.status().as_u16(), 200);
+    assert!(
+        ready
+            .headers()
+            .get("connection")
+            .is_none_or(|c| c != "close")
+    );
+
+    // SIGTERM sets this before the drain (`server.drain_secs`).
+    app.state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let ready = app.get("/health").await;
+    assert_eq!(ready.status().as_u16(), 503);
+    assert_eq!(ready.headers()["connection"], "close");
+    assert_eq!(ready.headers()["retry-after"], "1");
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "draining");
+    let page = app.get("/").await;
+    assert_eq!(page.status().as_u16(), 200, "requests are still served");
+    assert_eq!(
+        page.headers()["connection"],
+        "close",
+        "and keep-alive clients are asked to reconnect elsewhere"
+    );
+    assert_eq!(app.get("/health/live").await.status().as_u16(), 200);
+}
+
+#[sqlx::test]
+async fn a_table_locked_by_a_dba_gives_fast_503s_then_service_resumes(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let app = spawn_app_with(opts, db, |s| {
+        s.database.lock_timeout_ms = 300;
+        s.database.max_connections = 8;
+    })
+    .await;
+    assert_eq!(app.login_as("alice").await.status().as_u16(), 302);
+    assert_eq!(app.get("/orders").await.status().as_u16(), 200);
+
+    // A DBA's ALTER TABLE (or a stray LOCK) holds sessions for much longer than any request
+    // may wait.
+    let mut dba = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE sessions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *dba)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answers: Vec<reqwest::Response> =
+        futures_util::future::join_all((0..16).map(|_| app.get("/orders"))).await;
+    let took = started.elapsed();
+    for response in &answers {
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(response.headers()["retry-after"], "5");
+    }
+    // A hang detector, not a speed measurement: the lock would hold them for ever.
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    dba.rollback().await.unwrap();
+    assert_eq!(
+        app.get("/orders").await.status().as_u16(),
+        200,
+        "the same session carries on"
+    );
+}

@@ -1,0 +1,2 @@
+DROP TABLE running_instances;
+DROP TABLE schema_compatibility;
