@@ -293,7 +293,6 @@ start_instance() { # n
     set -a
     # shellcheck disable=SC1091
     source "$DIR/secrets.env"
-    if [[ -n ${STOREFRONT_ENV_FILE:-} ]]; then source "$STOREFRONT_ENV_FILE"; fi
     set +a
     export STOREFRONT_CONFIG_DIR=$ROOT/config
     export STOREFRONT_ENV=${STOREFRONT_ENV:-production}
@@ -308,7 +307,9 @@ start_instance() { # n
     export STOREFRONT__OIDC__ISSUER_URL=${OIDC_ISSUER:-http://127.0.0.1:$((BASE + 60))}
     export STOREFRONT__OIDC__CLIENT_ID=${OIDC_CLIENT_ID:-storefront}
     export STOREFRONT__OIDC__CLIENT_SECRET=${OIDC_CLIENT_SECRET:-storefront-dev-secret}
-    export RUST_LOG=${RUST_LOG:-info}
+    export RUST_LOG=${RUST_LOG:-info,sqlx::postgres::notice=error}
+    # Last, so it can change any of the above (another database URL, another pooler …).
+    if [[ -n ${STOREFRONT_ENV_FILE:-} ]]; then set -a; source "$STOREFRONT_ENV_FILE"; set +a; fi
     nohup "$BIN" serve >>"$DIR/shop$n.log" 2>&1 &
     echo $! >"$DIR/shop$n.pid"
   )
@@ -348,13 +349,15 @@ rolling_deploy() {
 }
 
 stop_all() {
-  local f
-  for f in shop1 shop2 shop3; do
-    if pid_alive "$DIR/$f.pid"; then kill -TERM "$(cat "$DIR/$f.pid")"; fi
+  local f pidfile
+  for pidfile in "$DIR"/shop*.pid; do
+    [[ -e $pidfile ]] || continue
+    if pid_alive "$pidfile"; then kill -TERM "$(cat "$pidfile")"; fi
   done
-  for f in shop1 shop2 shop3; do
-    while pid_alive "$DIR/$f.pid"; do sleep 0.1; done
-    rm -f "$DIR/$f.pid"
+  for pidfile in "$DIR"/shop*.pid; do
+    [[ -e $pidfile ]] || continue
+    while pid_alive "$pidfile"; do sleep 0.1; done
+    rm -f "$pidfile"
   done
   pid_alive "$DIR/pgbouncer.pid" && kill "$(cat "$DIR/pgbouncer.pid")"
   pid_alive "$DIR/haproxy.pid" && kill "$(cat "$DIR/haproxy.pid")"
