@@ -4,6 +4,8 @@
 //!   PgBouncer (transaction pooling) → the Patroni primary with its synchronous standby;
 //! - a fourth instance of the same binary serves the same database straight from the primary
 //!   (no load balancer, no pooler, cached prepared statements): the single-instance figure;
+//!   a fifth is configured as the topology's are (through PgBouncer) but reached directly,
+//!   which separates the pooler's cost from the balancer's and the shared cores';
 //! - `BENCH_USERS` users (default 32) log in through the local provider, via HAProxy;
 //! - `wrk` drives `BENCH_CONNECTIONS` connections (default 32) for `BENCH_SECONDS` (default 8)
 //!   at each page, first through HAProxy, then at the single instance, with the users' cookies.
@@ -105,7 +107,7 @@ async fn run() -> anyhow::Result<()> {
     let primary = (1..=2)
         .find(|n| {
             Command::new("curl")
-                .args(["-fsS", "-o", "/dev/null"])
+                .args(["-fs", "-o", "/dev/null"])
                 .arg(format!("http://127.0.0.1:{}/primary", base + 30 + n))
                 .status()
                 .is_ok_and(|s| s.success())
@@ -123,6 +125,10 @@ async fn run() -> anyhow::Result<()> {
     )?;
     cluster.script(&["start-instance", "4"], Some(&direct_settings))?;
     let direct = format!("http://127.0.0.1:{}", base + 4);
+    // And one more as the topology's instances are (through PgBouncer, transaction pooling),
+    // reached without HAProxy: what the pooler costs, apart from the balancer and the cores.
+    cluster.script(&["start-instance", "5"], Some(&settings))?;
+    let pooled = format!("http://127.0.0.1:{}", base + 5);
 
     let db = PgPoolOptions::new()
         .max_connections(2)
@@ -149,6 +155,9 @@ async fn run() -> anyhow::Result<()> {
         let jar: &[String] = if with_cookies { &cookies } else { &[] };
         let (topology, _) = wrk(&format!("{front}{page}"), jar, connections, seconds, &db).await?;
         row(page, "topology (via HAProxy)", &topology);
+        let (through_pooler, _) =
+            wrk(&format!("{pooled}{page}"), jar, connections, seconds, &db).await?;
+        row(page, "1 instance via PgBouncer", &through_pooler);
         let (single, _) = wrk(&format!("{direct}{page}"), jar, connections, seconds, &db).await?;
         row(page, "single instance", &single);
         results.push((page, topology, single));
