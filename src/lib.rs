@@ -2,6 +2,7 @@
 //! client (a backend for frontend): tokens stay in Postgres, encrypted; the browser holds only
 //! an opaque session cookie.
 
+pub mod account;
 pub mod activity;
 pub mod admin;
 pub mod auth;

@@ -1,4 +1,5 @@
-//! The audit trail of admin actions, newest first.
+//! The audit trail: what admins did to sessions, and what shoppers did to their own (and the
+//! session limit did for them), newest first.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -9,11 +10,69 @@ use super::Cursor;
 use crate::db::text_enum;
 
 text_enum! {
-    /// What an admin did (`admin_audit.action`).
+    /// What was done (`admin_audit.action`).
     pub enum AuditAction {
+        /// An admin ended one session.
         RevokeSession = "revoke_session",
+        /// An admin ended every session of a user.
         RevokeUserSessions = "revoke_user_sessions",
+        /// A shopper signed one of their other sessions out.
+        SignOutSession = "sign_out_session",
+        /// A shopper signed out every session but the one they used.
+        SignOutOtherSessions = "sign_out_other_sessions",
+        /// A shopper signed out everywhere, this session too.
+        SignOutEverywhere = "sign_out_everywhere",
+        /// A login beyond the per-user limit ended the least recently used session.
+        SessionLimit = "session_limit",
     }
+}
+
+/// Who acted, as the trail records it: an admin, or the shopper themself.
+pub struct Actor<'a> {
+    pub user_id: Uuid,
+    pub subject: &'a str,
+    pub email: Option<&'a str>,
+    pub ip: Option<String>,
+}
+
+/// Whom it was done to.
+pub struct Target<'a> {
+    pub user_id: Uuid,
+    pub subject: &'a str,
+    pub email: Option<&'a str>,
+    pub session_id: Option<Uuid>,
+}
+
+/// Writes one entry of the trail (in the caller's transaction).
+pub async fn record(
+    conn: &mut sqlx::PgConnection,
+    actor: &Actor<'_>,
+    action: AuditAction,
+    target: &Target<'_>,
+    sessions_ended: i64,
+) -> Result<(), sqlx::Error> {
+    crate::db::query(
+        r#"
+        INSERT INTO admin_audit (audit_id, admin_user_id, admin_subject, admin_email, action,
+                                 target_user_id, target_subject, target_email,
+                                 target_session_id, sessions_ended, ip)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::inet)
+        "#,
+    )
+    .bind(Uuid::now_v7())
+    .bind(actor.user_id)
+    .bind(actor.subject)
+    .bind(actor.email)
+    .bind(action)
+    .bind(target.user_id)
+    .bind(target.subject)
+    .bind(target.email)
+    .bind(target.session_id)
+    .bind(sessions_ended as i32)
+    .bind(actor.ip.as_deref())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]

@@ -10,8 +10,8 @@ mod revoke;
 mod sessions;
 pub mod user_agent;
 
-pub use audit::{AuditAction, AuditEntry, AuditPage, audit};
+pub use audit::{Actor, AuditAction, AuditEntry, AuditPage, Target, audit, record};
 pub use cursor::Cursor;
 pub use overview::{HourlyActivity, Overview, hourly_activity, overview};
-pub use revoke::{Actor, RevokeScope, Revoked, revoke};
+pub use revoke::{RevokeScope, Revoked, revoke};
 pub use sessions::{SessionPage, SessionQuery, SessionRow, SortOrder, session, sessions};

@@ -6,6 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::AuditAction;
+use super::audit::{self, Actor};
 use crate::auth::tokens::{self, EndReason, EndedLogin};
 use crate::crypto::TokenCipher;
 
@@ -17,14 +18,6 @@ pub enum RevokeScope {
     Session,
     /// Every session of the session's user.
     User,
-}
-
-/// The admin acting, as recorded in the audit trail.
-pub struct Actor<'a> {
-    pub user_id: Uuid,
-    pub subject: &'a str,
-    pub email: Option<&'a str>,
-    pub ip: Option<String>,
 }
 
 pub struct Revoked {
@@ -95,27 +88,13 @@ pub async fn revoke(
         RevokeScope::Session => AuditAction::RevokeSession,
         RevokeScope::User => AuditAction::RevokeUserSessions,
     };
-    crate::db::query(
-        r#"
-        INSERT INTO admin_audit (audit_id, admin_user_id, admin_subject, admin_email, action,
-                                 target_user_id, target_subject, target_email,
-                                 target_session_id, sessions_ended, ip)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::inet)
-        "#,
-    )
-    .bind(Uuid::now_v7())
-    .bind(actor.user_id)
-    .bind(actor.subject)
-    .bind(actor.email)
-    .bind(action)
-    .bind(target.user_id)
-    .bind(&target.subject)
-    .bind(&target.email)
-    .bind(session_id)
-    .bind(sessions_ended as i32)
-    .bind(actor.ip.as_deref())
-    .execute(&mut *tx)
-    .await?;
+    let target_row = audit::Target {
+        user_id: target.user_id,
+        subject: &target.subject,
+        email: target.email.as_deref(),
+        session_id: Some(session_id),
+    };
+    audit::record(&mut tx, actor, action, &target_row, sessions_ended).await?;
     tx.commit().await?;
     tracing::info!(admin = %actor.user_id, target_user = %target.user_id, %session_id, ?scope, sessions_ended, "Sessions revoked by an admin");
     Ok(Some(Revoked {

@@ -58,6 +58,8 @@ impl FromStr for SortOrder {
 pub struct SessionQuery {
     /// Substring of the user's email, name or subject.
     pub search: Option<String>,
+    /// One user's sessions only.
+    pub user: Option<Uuid>,
     pub status: Option<RefreshStatus>,
     pub sort: SortOrder,
     pub after: Option<Cursor>,
@@ -137,6 +139,7 @@ pub async fn sessions(pool: &PgPool, query: &SessionQuery) -> Result<SessionPage
                (coalesce(l.email, '') || ' ' || coalesce(l.name, '') || ' ' || l.subject) ILIKE $1)
           AND ($2::text IS NULL OR l.refresh_status = $2)
           AND ($3::timestamptz IS NULL OR ({column}, s.session_id) {after} ($3, $4::uuid))
+          AND ($6::uuid IS NULL OR l.user_id = $6)
         ORDER BY {column} {direction}, s.session_id {direction}
         LIMIT $5
         "#
@@ -148,6 +151,7 @@ pub async fn sessions(pool: &PgPool, query: &SessionQuery) -> Result<SessionPage
         .bind(query.after.map(|c| c.key))
         .bind(query.after.map(|c| c.id))
         .bind(limit + 1)
+        .bind(query.user)
         .fetch_all(pool)
         .await?;
     let next = Cursor::page(&mut rows, limit, |r| r.cursor(query.sort));

@@ -58,13 +58,27 @@ fn contains_encoded_separator(path: &str) -> bool {
 /// An admin is named by group, subject or email in the `[admin]` settings; by email only
 /// when the provider vouches for it (`email_verified`).
 pub fn is_admin(settings: &AdminSettings, auth: &AuthState) -> bool {
-    auth.groups.iter().any(|g| settings.groups.contains(g))
-        || settings.subjects.contains(&auth.subject)
-        || (auth.email_verified
-            && auth
-                .email
-                .as_ref()
-                .is_some_and(|e| settings.emails.iter().any(|a| a.eq_ignore_ascii_case(e))))
+    grants_admin(
+        settings,
+        &auth.subject,
+        auth.email.as_deref(),
+        auth.email_verified,
+        &auth.groups,
+    )
+}
+
+/// The admin rule on a login's parts: a group, the subject, or a verified email.
+pub fn grants_admin(
+    settings: &AdminSettings,
+    subject: &str,
+    email: Option<&str>,
+    email_verified: bool,
+    groups: &[String],
+) -> bool {
+    groups.iter().any(|g| settings.groups.contains(g))
+        || settings.subjects.iter().any(|s| s == subject)
+        || (email_verified
+            && email.is_some_and(|e| settings.emails.iter().any(|a| a.eq_ignore_ascii_case(e))))
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@ mod sections;
 mod values;
 
 pub use sections::{
-    AdminSettings, Cadence, DatabaseSettings, MetricsSettings, OidcSettings, Pooler,
-    RateLimitSettings, RefreshSettings, ServerSettings, SessionSettings, TokenKey, TokenSettings,
+    AdminSettings, Cadence, CheckoutSettings, DatabaseSettings, MetricsSettings, OidcSettings,
+    Pooler, RateLimitSettings, RefreshSettings, ServerSettings, SessionSettings, TokenKey,
+    TokenSettings,
 };
 pub use values::{AesKey, CookieKey, LogFormat, PreviousKey};
 
@@ -47,6 +48,7 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub refresh: RefreshSettings,
     pub admin: AdminSettings,
+    pub checkout: CheckoutSettings,
     pub rate_limit: RateLimitSettings,
     pub metrics: MetricsSettings,
 }
@@ -78,6 +80,7 @@ const LIST_KEYS: &[&str] = &[
     "admin.groups",
     "admin.subjects",
     "admin.emails",
+    "checkout.step_up_acr_values",
     "tokens.previous_keys",
     "server.trusted_proxies",
 ];

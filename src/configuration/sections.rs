@@ -119,6 +119,9 @@ pub struct SessionSettings {
     pub touch_interval_secs: u64,
     pub cleanup_interval_secs: u64,
     pub cleanup_batch_size: i64,
+    /// Live sessions one user may have (0: no limit); a login beyond it ends the least
+    /// recently used one.
+    pub max_per_user: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +230,18 @@ pub struct AdminSettings {
     pub groups: Vec<String>,
     pub subjects: Vec<String>,
     pub emails: Vec<String>,
+    /// Live sessions an admin may have (0: no limit), lower than shoppers'.
+    pub max_sessions: u32,
+}
+
+/// Step-up before large orders: an order over `step_up_above_cents` (0: never) needs a
+/// login whose `auth_time` is at most `step_up_max_age_secs` old, else checkout sends the
+/// shopper through the provider again with `max_age` (and `acr_values` when set).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckoutSettings {
+    pub step_up_above_cents: i64,
+    pub step_up_max_age_secs: u64,
+    pub step_up_acr_values: Vec<String>,
 }
 
 /// Per-client-IP limits on `/login`, `/callback`, `/backchannel-logout` and admin POSTs.

@@ -1,5 +1,6 @@
 //! Every route of the public contract.
 
+pub mod account;
 pub mod admin;
 pub mod auth;
 pub mod csrf;
@@ -54,6 +55,19 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
         )
         .configure(|cfg| admin::configure(cfg, limits))
         .route("/profile", web::get().to(auth::profile::profile_page))
+        .route("/account/sessions", web::get().to(account::sessions_page))
+        .route(
+            "/account/sessions/sign-out-others",
+            web::post().to(account::sign_out_others),
+        )
+        .route(
+            "/account/sessions/sign-out-everywhere",
+            web::post().to(account::sign_out_everywhere),
+        )
+        .route(
+            "/account/sessions/{id}/sign-out",
+            web::post().to(account::sign_out_one),
+        )
         .route("/logout", web::post().to(auth::logout::log_out))
         .route("/signed-out", web::get().to(auth::logout::signed_out_page))
         .service(

@@ -4,6 +4,7 @@
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tera::{Context, Tera};
 
@@ -24,6 +25,8 @@ pub struct Layout {
     pub is_admin: bool,
     pub csrf_token: String,
     pub cart_count: u32,
+    /// A sentence left by an earlier request (shown once).
+    pub notice: Option<String>,
 }
 
 impl Layout {
@@ -40,6 +43,7 @@ impl Layout {
                 session.existing_csrf_token().unwrap_or_default()
             },
             cart_count: session.cart().count(),
+            notice: session.take_notice(),
         }
     }
 }
@@ -52,6 +56,7 @@ impl Layout {
             is_admin: false,
             csrf_token: String::new(),
             cart_count: 0,
+            notice: None,
         }
     }
 
@@ -62,6 +67,7 @@ impl Layout {
             is_admin: false,
             csrf_token: session.existing_csrf_token().unwrap_or_default(),
             cart_count: session.cart().count(),
+            notice: None,
         }
     }
 }
@@ -91,4 +97,21 @@ pub fn render_with_status(
     Ok(HttpResponse::build(status)
         .content_type("text/html; charset=utf-8")
         .body(html))
+}
+
+/// "5 min ago", "in 3 h": how long from now, for people.
+pub fn relative(at: DateTime<Utc>) -> String {
+    let secs = (at - Utc::now()).num_seconds();
+    let span = secs.unsigned_abs();
+    let amount = match span {
+        0..60 => format!("{span} s"),
+        60..3600 => format!("{} min", span / 60),
+        3600..86400 => format!("{} h", span / 3600),
+        _ => format!("{} d", span / 86400),
+    };
+    if secs >= 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
 }

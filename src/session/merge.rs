@@ -178,6 +178,7 @@ mod tests {
             pkce_verifier: "v".into(),
             return_to: "/".into(),
             created_at: 0,
+            step_up: None,
         };
         let json = |v: &[PendingLogin]| serde_json::to_string(v).unwrap();
         let base = state(&[(PENDING_LOGINS_KEY, &json(&[login("old")]))]);

@@ -348,6 +348,9 @@ struct LoadedRow {
     token_id: Option<Uuid>,
     access_expires_at: Option<chrono::DateTime<chrono::Utc>>,
     refresh_status: Option<RefreshStatus>,
+    auth_time: Option<chrono::DateTime<chrono::Utc>>,
+    acr: Option<String>,
+    login_created_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl SessionStore for PgSessionStore {
@@ -357,7 +360,7 @@ impl SessionStore for PgSessionStore {
             r#"
             SELECT s.session_id, s.state, s.version, s.last_seen_at, l.user_id, l.subject, l.email,
                    l.email_verified, l.name, l.groups, l.token_id, l.access_expires_at,
-                   l.refresh_status
+                   l.refresh_status, l.auth_time, l.acr, l.created_at AS login_created_at
             FROM sessions s
             LEFT JOIN logins l ON l.token_id = s.token_id
             WHERE s.key_hash = $1 AND s.expires_at > now() AND s.absolute_expires_at > now()
@@ -393,6 +396,8 @@ impl SessionStore for PgSessionStore {
                 groups: row.groups.unwrap_or_default(),
                 access_expires_at,
                 refresh_status: row.refresh_status.unwrap_or(RefreshStatus::Ok),
+                auth_time: row.auth_time.or(row.login_created_at),
+                acr: row.acr,
             }),
             // The login behind this session is gone (logout elsewhere, revoked): anonymous.
             _ => {

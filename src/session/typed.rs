@@ -19,6 +19,8 @@ use crate::crypto::{constant_time_eq, random_token};
 use crate::shop::cart::{CART_KEY, Cart, CartChange};
 
 const CSRF_KEY: &str = "csrf";
+/// A sentence for the next page this session shows (once).
+const NOTICE_KEY: &str = "notice";
 /// Several tabs may log in at once; beyond this the oldest attempt is forgotten.
 const MAX_PENDING_LOGINS: usize = 5;
 /// A login attempt must come back from the provider within this many seconds.
@@ -174,6 +176,19 @@ impl TypedSession {
             .ok()
             .flatten()
             .unwrap_or_default()
+    }
+
+    /// Leaves a sentence for the next page (the session limit ending a device, a step-up's
+    /// outcome).
+    pub fn set_notice(&self, notice: impl Into<String>) -> Result<(), SessionInsertError> {
+        self.session.insert(NOTICE_KEY, notice.into())
+    }
+
+    /// The sentence left for this page, if any; shown once.
+    pub fn take_notice(&self) -> Option<String> {
+        let notice = self.session.get::<String>(NOTICE_KEY).ok().flatten()?;
+        self.session.remove(NOTICE_KEY);
+        Some(notice)
     }
 
     /// The shopper's cart (empty when there is none or it cannot be read).

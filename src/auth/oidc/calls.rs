@@ -12,13 +12,16 @@ use url::Url;
 
 use super::claims::{ShopIdToken, ShopTokenResponse, ShopUserInfo};
 use super::{Login, Oidc, OidcError, Refreshed, TokenSet, error_chain, form_encode};
-use crate::auth::identity::PendingLogin;
+use crate::auth::identity::{PendingLogin, StepUp};
 
 impl Oidc {
     /// Starts a login: the provider URL to send the browser to and what `/callback` needs.
+    /// With `step_up`, the provider is asked to authenticate the person again if their last
+    /// authentication is older than `max_age` (OIDC Core § 3.1.2.1), at one of `acr_values`.
     pub async fn authorization_request(
         &self,
         return_to: String,
+        step_up: Option<StepUp>,
     ) -> Result<(Url, PendingLogin), OidcError> {
         let provider = self.provider().await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -36,6 +39,12 @@ impl Oidc {
         for (name, value) in &self.extra_auth_params {
             request = request.add_extra_param(name.clone(), value.clone());
         }
+        if let Some(step_up) = &step_up {
+            request = request.set_max_age(std::time::Duration::from_secs(step_up.max_age_secs));
+            if !step_up.acr_values.is_empty() {
+                request = request.add_extra_param("acr_values", step_up.acr_values.join(" "));
+            }
+        }
         let (url, state, nonce) = request.url();
         let pending = PendingLogin {
             state: state.secret().clone(),
@@ -43,6 +52,7 @@ impl Oidc {
             pkce_verifier: verifier.secret().clone(),
             return_to,
             created_at: chrono::Utc::now().timestamp(),
+            step_up,
         };
         Ok((url, pending))
     }

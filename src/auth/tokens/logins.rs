@@ -13,9 +13,16 @@ use crate::auth::oidc::{Login, TokenSet};
 use crate::configuration::Cadence;
 use crate::crypto::TokenCipher;
 
+/// A login as stored: its user and its token row.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredLogin {
+    pub user_id: Uuid,
+    pub token_id: Uuid,
+}
+
 /// Upserts the user named by the verified claims, stores the login's tokens (encrypted) and
 /// counts the login for the dashboard, in one statement (one round trip, atomic without an
-/// explicit transaction). Returns the new `token_id`.
+/// explicit transaction).
 #[tracing::instrument(name = "Store login", skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn store_login(
     pool: &PgPool,
@@ -23,7 +30,7 @@ pub async fn store_login(
     cadence: &Cadence,
     issuer: &str,
     login: &Login,
-) -> Result<Uuid, sqlx::Error> {
+) -> Result<StoredLogin, sqlx::Error> {
     let claims = &login.claims;
     let email = claims.email().map(|e| e.as_str().to_owned());
     let name = claims
@@ -32,6 +39,8 @@ pub async fn store_login(
         .map(|n| n.as_str().to_owned())
         .or_else(|| claims.preferred_username().map(|u| u.as_str().to_owned()));
     let groups = &login.groups;
+    let auth_time = claims.auth_time();
+    let acr = claims.auth_context_ref().map(|acr| acr.as_str().to_owned());
     let token_id = Uuid::now_v7();
     let sealed = seal(cipher, token_id, &login.tokens);
     let when = schedule(cadence, &login.tokens);
@@ -48,8 +57,10 @@ pub async fn store_login(
         ), login_tokens AS (
             INSERT INTO oauth_tokens (token_id, user_id, provider_sid, key_id, access_token,
                                       refresh_token, id_token, access_expires_at,
-                                      refresh_due_at, last_refreshed_at)
-            SELECT $7, user_id, $8, $9, $10, $11, $12, $13, $15, now() FROM login_user
+                                      refresh_due_at, last_refreshed_at, auth_time, acr)
+            SELECT $7, user_id, $8, $9, $10, $11, $12, $13, $15, now(),
+                   COALESCE($17, now()), $18
+            FROM login_user
         ), counted AS (
             INSERT INTO activity_stats (minute, event, count)
             VALUES (date_trunc('minute', now()), $14, 1)
@@ -74,10 +85,12 @@ pub async fn store_login(
     .bind(ActivityEvent::Login)
     .bind(when.due_at)
     .bind(login.email_verified)
+    .bind(auth_time)
+    .bind(acr)
     .fetch_one(pool)
     .await?;
     tracing::Span::current().record("user_id", tracing::field::display(user_id));
-    Ok(token_id)
+    Ok(StoredLogin { user_id, token_id })
 }
 
 /// Stores a login's tokens for an existing user, encrypted; returns the new `token_id`.

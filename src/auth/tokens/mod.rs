@@ -14,7 +14,7 @@ mod rekey;
 pub use claims::{CLAIM_DUE_TOKENS, Claimed};
 pub use counts::{TokenCounts, counts};
 pub use logins::{
-    EndedLogin, delete_logins, delete_logins_of_user, delete_orphans, end_logins,
+    EndedLogin, StoredLogin, delete_logins, delete_logins_of_user, delete_orphans, end_logins,
     end_provider_sessions, insert_tokens, store_login,
 };
 pub use outbox::{

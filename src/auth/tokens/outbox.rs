@@ -32,6 +32,10 @@ text_enum! {
         Orphaned = "orphaned",
         /// A refresh answered after its login had ended: its new tokens are revoked too.
         EndedDuringRefresh = "ended_during_refresh",
+        /// The shopper signed it out from their devices page.
+        SignedOut = "signed_out",
+        /// A newer login of the same user went over the per-user session limit.
+        SessionLimit = "session_limit",
     }
 }
 

@@ -20,6 +20,7 @@ use super::identity::{Admin, return_path};
 use super::rate_limit::RateLimits;
 use crate::auth::is_admin;
 use crate::error::AppError;
+use crate::routes::page::relative;
 use crate::session::TypedSession;
 use crate::state::State;
 
@@ -87,23 +88,6 @@ fn api_error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({ "error": message }))
-}
-
-/// "5 min ago", "in 3 h": how long from now, for people.
-fn relative(at: DateTime<Utc>) -> String {
-    let secs = (at - Utc::now()).num_seconds();
-    let span = secs.unsigned_abs();
-    let amount = match span {
-        0..60 => format!("{span} s"),
-        60..3600 => format!("{} min", span / 60),
-        3600..86400 => format!("{} h", span / 3600),
-        _ => format!("{} d", span / 86400),
-    };
-    if secs >= 0 {
-        format!("in {amount}")
-    } else {
-        format!("{amount} ago")
-    }
 }
 
 fn timestamp(at: DateTime<Utc>) -> String {

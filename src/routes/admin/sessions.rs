@@ -23,6 +23,9 @@ use crate::state::State;
 pub struct SessionParams {
     #[serde(default)]
     q: String,
+    /// One user's sessions (a user id).
+    #[serde(default)]
+    user: String,
     #[serde(default)]
     status: String,
     #[serde(default)]
@@ -66,8 +69,15 @@ impl SessionParams {
         if !(1..=500).contains(&limit) {
             return Err("`limit` must be between 1 and 500.".into());
         }
+        let user = match self.user.as_str() {
+            "" => None,
+            s => Some(
+                Uuid::parse_str(s).map_err(|_| format!("`user` must be a user id, not `{s}`."))?,
+            ),
+        };
         Ok(SessionQuery {
             search: (!search.is_empty()).then(|| search.to_owned()),
+            user,
             status,
             sort,
             after,
@@ -81,6 +91,7 @@ impl SessionParams {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         for (key, value) in [
             ("q", &self.q),
+            ("user", &self.user),
             ("status", &self.status),
             ("sort", &self.sort),
         ] {
@@ -119,6 +130,33 @@ pub(super) struct SessionView {
     needs_login: bool,
 }
 
+impl SessionView {
+    /// The few fields the one-user heading needs, and a session of theirs to revoke from.
+    fn clone_for_heading(&self) -> SessionView {
+        SessionView {
+            session_id: self.session_id,
+            user_id: self.user_id,
+            user: self.user.clone(),
+            subject: self.subject.clone(),
+            email: self.email.clone(),
+            provider_sid: None,
+            created: String::new(),
+            created_at: String::new(),
+            last_seen: String::new(),
+            last_seen_at: String::new(),
+            ip: None,
+            browser: String::new(),
+            access_expires: String::new(),
+            access_expires_at: String::new(),
+            access_expired: false,
+            refresh_status: self.refresh_status,
+            failure_count: 0,
+            last_refreshed: None,
+            needs_login: false,
+        }
+    }
+}
+
 impl From<SessionRow> for SessionView {
     fn from(r: SessionRow) -> Self {
         Self {
@@ -151,6 +189,8 @@ struct SessionsPage {
     q: String,
     status: String,
     sort: String,
+    /// When the table shows one user's sessions: that user, for the heading and "end all".
+    user: Option<SessionView>,
     next_page: Option<String>,
     /// Set when this is not the first page.
     first_page: Option<String>,
@@ -174,10 +214,16 @@ pub async fn sessions_page(
     let page = admin::sessions(&state.pool, &query).await?;
     session.csrf_token();
     let layout = page_layout(&state, &session);
+    let sessions: Vec<SessionView> = page.rows.into_iter().map(SessionView::from).collect();
+    let user = query
+        .user
+        .and_then(|id| sessions.iter().find(|s| s.user_id == id))
+        .map(SessionView::clone_for_heading);
     let view = SessionsPage {
         next_page: page.next.as_ref().map(|c| params.page_link(Some(c))),
         first_page: query.after.map(|_| params.page_link(None)),
-        sessions: page.rows.into_iter().map(SessionView::from).collect(),
+        user,
+        sessions,
         q: params.q.clone(),
         status: params.status.clone(),
         sort: params.sort.clone(),

@@ -2,8 +2,13 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
 use super::provider_error;
-use crate::auth::tokens::store_login;
+use crate::account::{self, Me};
+use crate::auth::grants_admin;
+use crate::auth::identity::StepUp;
+use crate::auth::oidc::{Login, ShopIdTokenClaims};
+use crate::auth::tokens::{StoredLogin, store_login};
 use crate::error::{AppError, Result};
+use crate::routes::page::relative;
 use crate::routes::respond::found;
 use crate::session::{ClientInfo, TypedSession};
 use crate::state::State;
@@ -66,6 +71,15 @@ async fn complete_login(
         .map_err(|e| AppError::Unexpected(e.into()))?
         .ok_or_else(stale_login)?;
     if let Some(error) = query.error {
+        if login.step_up.is_some() {
+            // A cancelled or refused re-authentication: back to the cart, nothing ordered.
+            tracing::info!("Step-up re-authentication not completed at the provider");
+            return Ok(back_with(
+                session,
+                &login.return_to,
+                "You did not confirm it was you, so your order was not placed. Your cart is as you left it.",
+            ));
+        }
         return Err(provider_said_no(&error, query.error_description.as_deref()));
     }
     // RFC 9207: an `iss` that is not our provider means a mix-up attack; a missing one, from
@@ -99,7 +113,20 @@ async fn complete_login(
         .with_label_values(&["token_exchange"])
         .observe(started.elapsed().as_secs_f64());
     let tokens = exchanged.map_err(provider_error)?;
-    let token_id = store_login(
+    if let Some(step_up) = &login.step_up
+        && let Err(why) = confirms(step_up, &tokens.claims)
+    {
+        tracing::warn!(
+            reason = why,
+            "Step-up re-authentication not confirmed by the ID token"
+        );
+        return Ok(back_with(
+            session,
+            &login.return_to,
+            "We could not confirm it was you, so your order was not placed. Please try again.",
+        ));
+    }
+    let stored = store_login(
         &state.pool,
         &state.cipher,
         &state.settings.refresh.cadence(),
@@ -107,8 +134,16 @@ async fn complete_login(
         &tokens,
     )
     .await?;
+    let token_id = stored.token_id;
+    let ip = crate::routes::client_ip(req);
+    enforce_session_limit(state, session, &tokens, stored, ip.clone()).await?;
+    if login.step_up.is_some() {
+        let _ = session.set_notice(
+            "Large orders need a recent sign-in: thank you for confirming it is you. You can place your order now.",
+        );
+    }
     let client = ClientInfo {
-        ip: crate::routes::client_ip(req),
+        ip,
         user_agent: req
             .headers()
             .get(actix_web::http::header::USER_AGENT)
@@ -139,4 +174,75 @@ fn provider_said_no(error: &str, description: Option<&str>) -> AppError {
         },
     };
     AppError::BadRequest(message)
+}
+
+/// Back to `return_to` (the cart) with a sentence, after a step-up that did not complete.
+fn back_with(session: &TypedSession, return_to: &str, notice: &str) -> HttpResponse {
+    let _ = session.set_notice(notice);
+    found(return_to)
+}
+
+/// Whether a step-up login's ID token shows a fresh authentication: `auth_time` within
+/// `max_age` (a minute of clock skew allowed) and, when asked for, one of the `acr` values.
+fn confirms(step_up: &StepUp, claims: &ShopIdTokenClaims) -> Result<(), &'static str> {
+    const SKEW_SECS: i64 = 60;
+    let auth_time = claims.auth_time().ok_or("no auth_time in the ID token")?;
+    let age = (chrono::Utc::now() - auth_time).num_seconds();
+    if age > i64::try_from(step_up.max_age_secs).unwrap_or(i64::MAX) + SKEW_SECS {
+        return Err("auth_time older than max_age");
+    }
+    if !step_up.acr_values.is_empty() {
+        let acr = claims.auth_context_ref().map(|a| a.as_str().to_owned());
+        if !acr.is_some_and(|acr| step_up.acr_values.contains(&acr)) {
+            return Err("acr not one of the values asked for");
+        }
+    }
+    Ok(())
+}
+
+/// Ends the user's least recently used sessions beyond their limit (`admin.max_sessions` for
+/// admins, `session.max_per_user` for others) and tells them which.
+async fn enforce_session_limit(
+    state: &State,
+    session: &TypedSession,
+    login: &Login,
+    stored: StoredLogin,
+    ip: Option<String>,
+) -> Result<()> {
+    let s = &state.settings;
+    let claims = &login.claims;
+    let email = claims.email().map(|e| e.as_str().to_owned());
+    let subject = claims.subject().as_str();
+    let admin = grants_admin(
+        &s.admin,
+        subject,
+        email.as_deref(),
+        login.email_verified,
+        &login.groups,
+    );
+    let limit = if admin {
+        s.admin.max_sessions
+    } else {
+        s.session.max_per_user
+    };
+    let me = Me {
+        user_id: stored.user_id,
+        subject,
+        email: email.as_deref(),
+        current: stored.token_id,
+        ip,
+    };
+    let ended = account::enforce_limit(&state.pool, &me, limit).await?;
+    if !ended.is_empty() {
+        state.revoker.nudge();
+        let devices: Vec<String> = ended
+            .iter()
+            .map(|d| format!("{} (last used {})", d.device, relative(d.last_seen_at)))
+            .collect();
+        let _ = session.set_notice(format!(
+            "You can be signed in on at most {limit} devices at once, so we signed you out of {}.",
+            devices.join(" and ")
+        ));
+    }
+    Ok(())
 }

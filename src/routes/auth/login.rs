@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 use super::provider_error;
+use crate::auth::identity::StepUp;
 use crate::auth::{login_url, safe_return_to};
 use crate::error::{AppError, Result};
 use crate::routes::identity::same_site_referer;
@@ -17,6 +18,10 @@ use crate::state::State;
 #[derive(Deserialize)]
 pub struct LoginQuery {
     return_to: Option<String>,
+    /// `1`: a re-authentication before a large order (`checkout.step_up_*`), also for a
+    /// shopper who is logged in.
+    #[serde(default)]
+    step_up: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -49,12 +54,16 @@ pub async fn start_login(
             };
             return Ok(render(&state.tera, "auth/login_again.html", &layout, page)?.with_no_store());
         }
-        Some(_) => return Ok(see_other(&return_to)),
-        None => {}
+        Some(_) if query.step_up.is_none() => return Ok(see_other(&return_to)),
+        _ => {}
     }
+    let step_up = query.step_up.is_some().then(|| StepUp {
+        max_age_secs: state.settings.checkout.step_up_max_age_secs,
+        acr_values: state.settings.checkout.step_up_acr_values.clone(),
+    });
     let (url, pending) = state
         .oidc
-        .authorization_request(return_to)
+        .authorization_request(return_to, step_up)
         .await
         .map_err(provider_error)?;
     session

@@ -163,6 +163,9 @@ pub async fn checkout(
         AppError::BadRequest("The checkout form is damaged. Please reload your cart.".into())
     })?;
     let cart = session.cart();
+    if let Some(step_up) = step_up_needed(&state, &user, &cart).await? {
+        return Ok(step_up);
+    }
     match orders::place_order(&state.pool, user.user_id, key, &cart).await {
         Ok(placed) => {
             if placed.created {
@@ -184,4 +187,31 @@ pub async fn checkout(
         }
         Err(CheckoutError::Database(e)) => Err(e.into()),
     }
+}
+
+/// An order over `checkout.step_up_above_cents` from a login whose authentication is older
+/// than `checkout.step_up_max_age_secs` (or not at one of `step_up_acr_values`) goes through
+/// the provider again first: a 303 to `/login?step_up=1`, back to this cart, with a sentence.
+async fn step_up_needed(
+    state: &State,
+    user: &CurrentUser,
+    cart: &crate::shop::cart::Cart,
+) -> Result<Option<HttpResponse>> {
+    let c = &state.settings.checkout;
+    if c.step_up_above_cents <= 0
+        || user.authenticated_recently(c.step_up_max_age_secs, &c.step_up_acr_values)
+    {
+        return Ok(None);
+    }
+    let ids: Vec<i64> = cart.lines().iter().map(|l| l.product_id).collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let products = catalogue::by_ids(&state.pool, &ids).await?;
+    let total = cart::price(cart, &products).total;
+    if total.cents <= c.step_up_above_cents {
+        return Ok(None);
+    }
+    tracing::info!(user_id = %user.user_id, "Large order: re-authentication first");
+    Ok(Some(see_other("/login?return_to=%2Fcart&step_up=1")))
 }
