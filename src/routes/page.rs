@@ -103,6 +103,10 @@ pub fn render_with_status(
 pub fn relative(at: DateTime<Utc>) -> String {
     let secs = (at - Utc::now()).num_seconds();
     let span = secs.unsigned_abs();
+    // The database's clock and ours differ by a few milliseconds either way.
+    if span < 5 {
+        return "just now".to_owned();
+    }
     let amount = match span {
         0..60 => format!("{span} s"),
         60..3600 => format!("{} min", span / 60),

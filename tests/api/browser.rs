@@ -7,7 +7,7 @@ use std::process::Command;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::real_idp::spawn_with_real_idp;
+use crate::real_idp::{spawn_with_real_idp, spawn_with_real_idp_with};
 
 pub fn screenshot_dir(journey: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -120,4 +120,50 @@ async fn an_admin_revokes_a_shoppers_session_from_the_dashboard(
     .await
     .unwrap();
     assert_eq!(bob_sessions, 0);
+}
+
+#[sqlx::test]
+async fn a_shopper_signs_out_another_browser_and_confirms_a_large_order(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let max_age = 4;
+    let (app, idp) = spawn_with_real_idp_with(opts, db, 3600, |s| {
+        s.checkout.step_up_above_cents = 2000;
+        s.checkout.step_up_max_age_secs = max_age;
+    })
+    .await;
+    storefront::shop::demo::load(&app.pool).await.unwrap();
+    let shots = screenshot_dir("account-journey");
+    let out = run_journey(
+        "account-journey.mjs",
+        &[
+            ("SHOP_URL", app.address.clone()),
+            ("ISSUER", idp.issuer.clone()),
+            ("SCREENSHOT_DIR", shots.display().to_string()),
+            ("STEP_UP_MAX_AGE_SECS", max_age.to_string()),
+        ],
+    )
+    .await;
+    assert!(out.contains("account journey: ok"), "{out}");
+    let orders: Vec<i64> = sqlx::query_scalar(
+        r#"SELECT o.total_cents::bigint FROM orders o JOIN users u USING (user_id)
+           WHERE u.subject = 'carol' ORDER BY o.created_at"#,
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        orders.len(),
+        2,
+        "the small order, then the large one: {orders:?}"
+    );
+    assert!(orders[0] < 2000 && orders[1] > 2000, "{orders:?}");
+    let audit: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM admin_audit WHERE admin_subject = 'carol' ORDER BY at",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(audit, ["sign_out_session"]);
 }

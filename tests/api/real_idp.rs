@@ -21,12 +21,23 @@ pub async fn spawn_with_real_idp_ttl(
     db: PgConnectOptions,
     access_ttl_secs: u32,
 ) -> (TestApp, RealIdp) {
+    spawn_with_real_idp_with(opts, db, access_ttl_secs, |_| {}).await
+}
+
+/// As [`spawn_with_real_idp_ttl`], with settings changed by `customize`.
+pub async fn spawn_with_real_idp_with(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+    access_ttl_secs: u32,
+    customize: impl FnOnce(&mut storefront::configuration::Settings),
+) -> (TestApp, RealIdp) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let secret = random_b64(24);
     let idp = provider_login::start(&base, &secret, access_ttl_secs).await;
     let mut settings = test_settings(&idp.issuer, "storefront", &secret);
     settings.server.public_url = Url::parse(&base).unwrap();
+    customize(&mut settings);
     let pool = opts.connect_lazy_with(db);
     let fake = crate::fake_idp::FakeIdp::start().await;
     (spawn_on(settings, pool, listener, fake).await, idp)

@@ -25,7 +25,7 @@ try {
   check((await alice.locator('#stat-active-sessions').innerText()).trim() === '2', 'two active sessions');
   check(await alice.locator('#activity-chart rect.logins').count() === 24, 'a 24-hour chart');
 
-  await alice.getByRole('link', { name: 'Sessions' }).click();
+  await alice.getByRole('link', { name: 'Sessions', exact: true }).click();
   await alice.waitForURL(`${shop}/admin/sessions`);
   await alice.getByLabel('User or email').fill('bob');
   await Promise.all([alice.waitForURL(/\/admin\/sessions\?q=bob/), alice.getByRole('button', { name: 'Apply' }).click()]);
