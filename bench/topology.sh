@@ -11,12 +11,5 @@ eval "$(scripts/postgres.sh)"
 export DATABASE_URL
 scripts/idp.sh install
 deploy/install.sh
-if ! command -v wrk >/dev/null; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-  else
-    echo "topology.sh: install wrk (Debian package \`wrk\`)" >&2; exit 1
-  fi
-fi
+bench/ensure-wrk.sh
 cargo bench --bench topology

@@ -75,14 +75,26 @@ pub struct SignOutForm {
     csrf_token: String,
 }
 
-fn me<'a>(user: &'a CurrentUser, req: &HttpRequest) -> Me<'a> {
-    Me {
+/// The CSRF check, the sign-out, and the revocation sender woken: what every form here does.
+async fn sign_out(
+    state: &State,
+    req: &HttpRequest,
+    session: &TypedSession,
+    user: &CurrentUser,
+    csrf_token: &str,
+    which: SignOut,
+) -> Result<Vec<crate::auth::tokens::EndedLogin>> {
+    require_csrf(session, csrf_token)?;
+    let me = Me {
         user_id: user.user_id,
         subject: &user.subject,
         email: user.email.as_deref(),
         current: user.token_id,
         ip: client_ip(req),
-    }
+    };
+    let ended = account::sign_out(&state.pool, &state.cipher, &me, which).await?;
+    state.revoker.nudge();
+    Ok(ended)
 }
 
 /// `POST /account/sessions/{id}/sign-out`: one of the person's other sessions.
@@ -95,15 +107,8 @@ pub async fn sign_out_one(
     session_id: web::Path<Uuid>,
     form: web::Form<SignOutForm>,
 ) -> Result<HttpResponse> {
-    require_csrf(&session, &form.csrf_token)?;
-    let ended = account::sign_out(
-        &state.pool,
-        &state.cipher,
-        &me(&user, &req),
-        SignOut::One(*session_id),
-    )
-    .await?;
-    state.revoker.nudge();
+    let which = SignOut::One(*session_id);
+    let ended = sign_out(&state, &req, &session, &user, &form.csrf_token, which).await?;
     let _ = session.set_notice(if ended.is_empty() {
         "That session had already ended."
     } else {
@@ -121,15 +126,8 @@ pub async fn sign_out_others(
     user: CurrentUser,
     form: web::Form<SignOutForm>,
 ) -> Result<HttpResponse> {
-    require_csrf(&session, &form.csrf_token)?;
-    let ended = account::sign_out(
-        &state.pool,
-        &state.cipher,
-        &me(&user, &req),
-        SignOut::Others,
-    )
-    .await?;
-    state.revoker.nudge();
+    let which = SignOut::Others;
+    let ended = sign_out(&state, &req, &session, &user, &form.csrf_token, which).await?;
     let _ = session.set_notice(match ended.len() {
         0 => "You had no other session.".to_owned(),
         1 => "Your other session is signed out.".to_owned(),
@@ -148,15 +146,8 @@ pub async fn sign_out_everywhere(
     user: CurrentUser,
     form: web::Form<SignOutForm>,
 ) -> Result<HttpResponse> {
-    require_csrf(&session, &form.csrf_token)?;
-    let ended = account::sign_out(
-        &state.pool,
-        &state.cipher,
-        &me(&user, &req),
-        SignOut::Everywhere,
-    )
-    .await?;
-    state.revoker.nudge();
+    let which = SignOut::Everywhere;
+    let ended = sign_out(&state, &req, &session, &user, &form.csrf_token, which).await?;
     session.log_out();
     let hint = ended
         .iter()

@@ -136,6 +136,23 @@ struct Shopper {
     acked_orders: Vec<String>,
 }
 
+impl Shopper {
+    async fn assert_logged_in(&self, cluster: &Cluster) {
+        let orders = self
+            .client
+            .get(cluster.url("/orders"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            orders.status().as_u16(),
+            200,
+            "{} still logged in",
+            self.sub
+        );
+    }
+}
+
 async fn log_in(cluster: &Cluster, idp: &FakeIdp, sub: &str) -> Shopper {
     let client = browser_client();
     let login = client
@@ -398,18 +415,7 @@ async fn the_deployment_survives_a_primary_failover_and_a_rolling_deploy() {
         .await
         .unwrap();
     for shopper in &shoppers {
-        let orders = shopper
-            .client
-            .get(cluster.url("/orders"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            orders.status().as_u16(),
-            200,
-            "{} still logged in",
-            shopper.sub
-        );
+        shopper.assert_logged_in(&cluster).await;
         for order in &shopper.acked_orders {
             let found: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM orders WHERE order_id::text = $1")
@@ -520,17 +526,6 @@ async fn the_deployment_survives_a_primary_failover_and_a_rolling_deploy() {
         seen.statuses
     );
     for shopper in &shoppers {
-        let orders = shopper
-            .client
-            .get(cluster.url("/orders"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            orders.status().as_u16(),
-            200,
-            "{} still logged in",
-            shopper.sub
-        );
+        shopper.assert_logged_in(&cluster).await;
     }
 }
