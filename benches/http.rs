@@ -18,11 +18,9 @@
 mod support;
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use reqwest::cookie::{CookieStore, Jar};
 use support::load::{log_in, wrk};
 use support::{env_usize, fill, free_port, fresh_database, millis, random_b64, root};
 
@@ -90,6 +88,7 @@ async fn run() -> anyhow::Result<()> {
     let shop = format!("http://127.0.0.1:{port}");
     let secret = random_b64(24);
     let idp = support::provider_login::start(&shop, &secret, 3600).await;
+    let session_secret = random_b64(64);
     let server = Server(
         Command::new(env!("CARGO_BIN_EXE_storefront"))
             .arg("serve")
@@ -110,7 +109,7 @@ async fn run() -> anyhow::Result<()> {
             .env("STOREFRONT__OIDC__CLIENT_ID", "storefront")
             .env("STOREFRONT__OIDC__CLIENT_SECRET", &secret)
             .env("STOREFRONT__OIDC__HTTP_TIMEOUT_SECS", "5")
-            .env("STOREFRONT__SESSION__SECRET_KEY", random_b64(64))
+            .env("STOREFRONT__SESSION__SECRET_KEY", &session_secret)
             .env("STOREFRONT__TOKENS__ENCRYPTION_KEY", random_b64(32))
             .env("STOREFRONT__RATE_LIMIT__ENABLED", "false")
             .stdout(Stdio::null())
@@ -159,22 +158,24 @@ async fn run() -> anyhow::Result<()> {
         shop_mean - provider_mean_ms
     );
 
-    // An anonymous session for the public page, so each request loads it like a browser's.
-    let anonymous = {
-        let jar = Arc::new(Jar::default());
-        let client = reqwest::Client::builder()
-            .cookie_provider(jar.clone())
-            .build()?;
-        client.get(format!("{shop}/")).send().await?;
-        jar.cookies(&reqwest::Url::parse(&shop)?)
-            .context("an anonymous session cookie")?
-            .to_str()?
-            .to_owned()
-    };
+    // Every session in memory, as a busy day leaves them: one request with each synthetic
+    // session's cookie (signed as the shop signs it) before the measured runs.
+    let warmed = Instant::now();
+    let loaded = support::load::visit_all(
+        &format!("{shop}/cart"),
+        &support::load::synthetic_cookies(&pool, &session_secret).await?,
+        32,
+    )
+    .await?;
+    println!(
+        "{loaded} synthetic sessions loaded into the cache in {:.1} s; peak RSS so far {:.1} MiB",
+        warmed.elapsed().as_secs_f64(),
+        peak_rss_mib(server.0.id())?
+    );
 
     let targets: [(&str, &str, Vec<String>); 4] = [
         ("baseline (1 PK select)", "/_bench/baseline", Vec::new()),
-        ("public page /", "/", vec![anonymous]),
+        ("cookieless catalogue /", "/", Vec::new()),
         ("authenticated /cart", "/cart", cookies.clone()),
         ("authenticated /orders", "/orders", cookies.clone()),
     ];
@@ -186,6 +187,7 @@ async fn run() -> anyhow::Result<()> {
         "target", "req/s", "p50 ms", "p99 ms", "vs baseline", "round trips", "non-2xx"
     );
     let mut baseline = None;
+    let mut measured = Vec::new();
     for (name, path, cookies) in &targets {
         let (load, round_trips) = wrk(
             &format!("{shop}{path}"),
@@ -196,6 +198,7 @@ async fn run() -> anyhow::Result<()> {
         )
         .await?;
         let base = *baseline.get_or_insert(load.per_sec);
+        measured.push((*name, load.per_sec));
         println!(
             "{name:<26} {:>10.0} {:>9.2} {:>9.2} {:>11.0}% {:>11.2} {:>7}",
             load.per_sec,
@@ -206,9 +209,32 @@ async fn run() -> anyhow::Result<()> {
             load.non_2xx
         );
     }
-    println!(
-        "\npeak RSS of the server: {:.1} MiB",
-        peak_rss_mib(server.0.id())?
-    );
+    let rss = peak_rss_mib(server.0.id())?;
+    println!("\npeak RSS of the server: {rss:.1} MiB ({loaded} sessions in its cache)");
+
+    // The stack people use for this in Node, on the same machine, against its own copy of the
+    // local provider: Express, express-session in Redis, openid-client, and `/me`.
+    match support::express::start(users, &secret).await {
+        Ok(express) => {
+            let (me, _) = wrk(
+                &express.url("/me"),
+                &express.cookies,
+                connections,
+                seconds,
+                &pool,
+            )
+            .await?;
+            println!(
+                "\nExpress + express-session + connect-redis `/me`: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}",
+                me.per_sec, me.p50_ms, me.p99_ms, me.non_2xx
+            );
+            for (name, per_sec) in &measured {
+                if name.starts_with("authenticated") {
+                    println!("{name} / Express /me = {:.2}", per_sec / me.per_sec);
+                }
+            }
+        }
+        Err(e) => println!("\nExpress comparison skipped: {e:#}"),
+    }
     Ok(())
 }

@@ -304,6 +304,9 @@ start_instance() { # n
     export STOREFRONT__SERVER__TEMPLATES_DIR=$ROOT/templates
     export STOREFRONT__SERVER__STATIC_DIR=$ROOT/static
     export STOREFRONT__DATABASE__POOLER=transaction
+    # LISTEN cannot go through PgBouncer: the caches' notifications come straight from the
+    # primary, through HAProxy's primary route.
+    export STOREFRONT__DATABASE__LISTEN_URL="postgres://postgres@127.0.0.1:$PG_FRONT/storefront"
     export STOREFRONT__OIDC__ISSUER_URL=${OIDC_ISSUER:-http://127.0.0.1:$((BASE + 60))}
     export STOREFRONT__OIDC__CLIENT_ID=${OIDC_CLIENT_ID:-storefront}
     export STOREFRONT__OIDC__CLIENT_SECRET=${OIDC_CLIENT_SECRET:-storefront-dev-secret}

@@ -21,12 +21,15 @@ use crate::auth::refresh::{Refresher, RefresherPools};
 use crate::auth::revocation::Revoker;
 use crate::configuration::Settings;
 use crate::crypto::TokenCipher;
+use crate::db::notifications::{Hearing, Notifications};
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
 use crate::routes;
 use crate::routes::rate_limit::RateLimits;
+use crate::session::cache::SessionCache;
 use crate::session::csrf::CsrfKey;
 use crate::session::{PgSessionStore, SessionTimeouts};
+use crate::shop::catalogue::CatalogueCache;
 use crate::state::{AppState, State};
 
 /// How often rate-limit buckets that are full again are dropped.
@@ -87,6 +90,13 @@ impl Application {
             metrics.refresh_metrics(),
         ));
         let proxies = TrustedProxies::new(settings.server.trusted_proxies.clone());
+        let hearing = Arc::new(Hearing::default());
+        let sessions = Arc::new(SessionCache::new(
+            settings.session.cache_max_entries,
+            settings.session.cache_max_bytes,
+            hearing.clone(),
+        ));
+        let catalogue = Arc::new(CatalogueCache::new(hearing.clone()));
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool,
@@ -100,6 +110,9 @@ impl Application {
             rate_limits: RateLimits::new(&settings.rate_limit, &proxies),
             proxies,
             csrf_key: CsrfKey::derive(settings.session.secret_key.bytes()),
+            hearing,
+            sessions,
+            catalogue,
             settings,
             draining: Default::default(),
         });
@@ -153,6 +166,9 @@ impl Application {
         tasks.push(tokio::spawn(
             self.state.revoker.clone().run_until_stopped(stop.clone()),
         ));
+        if let Some(listening) = spawn_notifications(&self.state, stop.clone()) {
+            tasks.push(listening);
+        }
         tasks.push(tokio::spawn(crate::db::instances::heartbeat_until_stopped(
             self.state.background_pool.clone(),
             stop.clone(),
@@ -210,16 +226,55 @@ impl Application {
     }
 }
 
-fn session_middleware(settings: &Settings, pool: PgPool) -> SessionMiddleware<PgSessionStore> {
+/// Listens for Postgres' notifications so the caches may serve from memory; `None` when
+/// there is no direct connection to listen on (a transaction pooler without
+/// `database.listen_url`): the caches then stay off.
+pub fn spawn_notifications(
+    state: &State,
+    stop: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let database = &state.settings.database;
+    let options = match &database.listen_url {
+        Some(url) => match secrecy::ExposeSecret::expose_secret(url)
+            .parse::<sqlx::postgres::PgConnectOptions>()
+        {
+            Ok(options) => options.application_name("storefront-listen"),
+            Err(e) => {
+                tracing::error!(error = %e, "database.listen_url is not a Postgres URL; caches off");
+                return None;
+            }
+        },
+        None if database.pooler == crate::configuration::Pooler::Transaction => {
+            tracing::warn!(
+                "No database.listen_url behind a transaction pooler: session and catalogue caches off"
+            );
+            return None;
+        }
+        None => (*state.pool.connect_options()).clone(),
+    };
+    // One connection listens, one pings.
+    let listen = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(options);
+    let subscribers: Vec<Arc<dyn crate::db::notifications::Subscriber>> =
+        vec![state.sessions.clone(), state.catalogue.clone()];
+    let notifications = Arc::new(Notifications::new(state.hearing.clone(), subscribers));
+    Some(tokio::spawn(notifications.run_until_stopped(listen, stop)))
+}
+
+fn session_middleware(state: &State) -> SessionMiddleware<PgSessionStore> {
+    let settings = &state.settings;
     let s = &settings.session;
     let key = Key::from(s.secret_key.bytes());
-    let store = PgSessionStore::new(
-        pool,
+    let store = PgSessionStore::with_cache(
+        state.pool.clone(),
         SessionTimeouts {
             idle: Duration::from_secs(s.idle_timeout_secs),
             absolute: Duration::from_secs(s.absolute_timeout_secs),
             touch_interval: Duration::from_secs(s.touch_interval_secs),
         },
+        state.sessions.clone(),
     );
     // `__Host-` pins the cookie to this exact origin, but browsers accept it only with Secure.
     let name = if settings.is_https() {
@@ -271,7 +326,7 @@ fn run(listener: TcpListener, state: State) -> anyhow::Result<Server> {
         App::new()
             .wrap(from_fn(routes::identity::identify))
             .wrap(from_fn(routes::csrf::anonymous_csrf))
-            .wrap(session_middleware(&state.settings, state.pool.clone()))
+            .wrap(session_middleware(&state))
             .wrap(from_fn(routes::errors::errors_to_responses))
             .wrap(from_fn(routes::errors::limit_query_length))
             .wrap(ErrorHandlers::new().default_handler(routes::errors::render_error_page))

@@ -12,10 +12,13 @@ use crate::auth::refresh::Refresher;
 use crate::auth::revocation::Revoker;
 use crate::configuration::Settings;
 use crate::crypto::TokenCipher;
+use crate::db::notifications::Hearing;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
 use crate::routes::rate_limit::RateLimits;
+use crate::session::cache::SessionCache;
 use crate::session::csrf::CsrfKey;
+use crate::shop::catalogue::CatalogueCache;
 
 /// Everything a handler needs, shared by all workers.
 pub struct AppState {
@@ -36,6 +39,12 @@ pub struct AppState {
     pub rate_limits: RateLimits,
     /// Signs the CSRF tokens of visitors without a session.
     pub csrf_key: CsrfKey,
+    /// Whether this instance hears Postgres' notifications (the caches serve only then).
+    pub hearing: Arc<Hearing>,
+    /// Sessions in memory, shared by every worker's session store.
+    pub sessions: Arc<SessionCache>,
+    /// The catalogue in memory.
+    pub catalogue: Arc<CatalogueCache>,
     pub settings: Settings,
     /// Set on SIGTERM/SIGINT: `/health` answers 503 and responses close their connections
     /// until the listener closes (`server.drain_secs` later).

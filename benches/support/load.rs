@@ -155,3 +155,53 @@ pub async fn log_in(shop: &str, user: &str) -> anyhow::Result<(String, Duration)
         .to_owned();
     Ok((cookie, shop_time))
 }
+
+/// The signed session cookies of the synthetic sessions `fill` made (their session keys are
+/// their token ids), as the shop signs them with `session_secret` (base64).
+pub async fn synthetic_cookies(pool: &PgPool, session_secret: &str) -> anyhow::Result<Vec<String>> {
+    use actix_web::cookie::{Cookie, CookieJar, Key};
+    use base64::Engine as _;
+    let secret = base64::engine::general_purpose::STANDARD.decode(session_secret)?;
+    let key = Key::from(&secret);
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT t.token_id::text FROM oauth_tokens t JOIN users u USING (user_id)
+         WHERE u.issuer = 'synthetic'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(keys
+        .into_iter()
+        .map(|value| {
+            let mut jar = CookieJar::new();
+            jar.signed_mut(&key)
+                .add(Cookie::new("storefront_session", value));
+            let signed = jar.get("storefront_session").expect("just added");
+            format!("storefront_session={}", signed.value())
+        })
+        .collect())
+}
+
+/// One GET of `url` with each cookie, `parallel` at a time; returns how many answered 2xx.
+pub async fn visit_all(url: &str, cookies: &[String], parallel: usize) -> anyhow::Result<usize> {
+    use futures_util::{StreamExt, stream};
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let ok = stream::iter(cookies)
+        .map(|cookie| {
+            let client = client.clone();
+            async move {
+                client
+                    .get(url)
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .buffer_unordered(parallel)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    Ok(ok)
+}

@@ -16,6 +16,7 @@ use storefront::configuration::{Settings, get_configuration_with};
 use storefront::startup::Application;
 use storefront::state::State;
 
+pub mod express;
 pub mod load;
 #[path = "../../tests/support/local_provider.rs"]
 pub mod provider_login;

@@ -71,6 +71,9 @@ pub struct DatabaseSettings {
     /// `lock_timeout` of `serve`'s connections (0: the server's own): a request waiting on a
     /// lock (a DBA's `ALTER TABLE`, a long `LOCK`) answers 503 after this, it does not wait.
     pub lock_timeout_ms: u64,
+    /// A direct connection for LISTEN (the caches' notifications): needed when `url` goes
+    /// through a transaction pooler; defaults to the pool's own connection settings.
+    pub listen_url: Option<SecretString>,
 }
 
 impl DatabaseSettings {
@@ -122,6 +125,9 @@ pub struct SessionSettings {
     /// Live sessions one user may have (0: no limit); a login beyond it ends the least
     /// recently used one.
     pub max_per_user: u32,
+    /// Sessions each instance keeps in memory (0: none), and the bytes they may take.
+    pub cache_max_entries: usize,
+    pub cache_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

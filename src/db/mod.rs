@@ -2,6 +2,7 @@
 
 pub mod instances;
 pub mod migrations;
+pub mod notifications;
 mod statements;
 
 pub use statements::{Route, begin, query, query_as, query_scalar};

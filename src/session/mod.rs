@@ -1,5 +1,6 @@
 //! Server-side sessions: the Postgres store, typed access to what a session holds, and cleanup.
 
+pub mod cache;
 pub mod cleanup;
 pub mod csrf;
 pub mod merge;

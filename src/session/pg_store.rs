@@ -14,6 +14,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
@@ -22,6 +23,7 @@ use anyhow::Context;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::cache::{CachedSession, KeyHash, SessionCache};
 use super::merge::{Conflict, merge};
 use super::{
     AUTH_KEY, AuthState, BASE_KEY, CART_CHANGES_KEY, CLIENT_KEY, ClientInfo, DERIVED_KEYS,
@@ -79,11 +81,37 @@ pub struct SessionTimeouts {
 pub struct PgSessionStore {
     pool: PgPool,
     timeouts: SessionTimeouts,
+    cache: Arc<SessionCache>,
 }
 
 impl PgSessionStore {
+    /// A store that reads Postgres on every load.
     pub fn new(pool: PgPool, timeouts: SessionTimeouts) -> Self {
-        Self { pool, timeouts }
+        Self::with_cache(pool, timeouts, Arc::new(SessionCache::off()))
+    }
+
+    /// A store that serves steady-state loads from `cache` (shared by the workers).
+    pub fn with_cache(pool: PgPool, timeouts: SessionTimeouts, cache: Arc<SessionCache>) -> Self {
+        Self {
+            pool,
+            timeouts,
+            cache,
+        }
+    }
+
+    fn idle(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.timeouts.idle).unwrap_or(chrono::Duration::MAX)
+    }
+
+    /// A request's state from a cached session: a copy with the store's own entries.
+    fn state_of(cached: &CachedSession) -> State {
+        let mut state = cached.state.clone();
+        state.insert(BASE_KEY.to_owned(), cached.base.clone());
+        state.insert(VERSION_KEY.to_owned(), cached.version.to_string());
+        if let Some(auth) = &cached.auth {
+            state.insert(AUTH_KEY.to_owned(), auth.clone());
+        }
+        state
     }
 
     fn idle_secs(&self) -> f64 {
@@ -321,7 +349,11 @@ fn same_key(key: &SessionKey) -> SessionKey {
 }
 
 fn hash(key: &SessionKey) -> Vec<u8> {
-    sha256(key.as_ref().as_bytes()).to_vec()
+    key_hash(key).to_vec()
+}
+
+fn key_hash(key: &SessionKey) -> KeyHash {
+    sha256(key.as_ref().as_bytes())
 }
 
 /// Logs a failed query and notes an outage for [`watch_for_outage`].
@@ -339,6 +371,8 @@ struct LoadedRow {
     state: serde_json::Value,
     version: i64,
     last_seen_at: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    absolute_expires_at: chrono::DateTime<chrono::Utc>,
     user_id: Option<Uuid>,
     subject: Option<String>,
     email: Option<String>,
@@ -355,10 +389,23 @@ struct LoadedRow {
 
 impl SessionStore for PgSessionStore {
     async fn load(&self, session_key: &SessionKey) -> Result<Option<State>, LoadError> {
-        // A plain read in steady state: the session, its login and the user in one query.
+        let key = key_hash(session_key);
+        // Steady state: from memory, while this instance hears Postgres' notifications.
+        if let Some(cached) = self.cache.get(&key) {
+            if chrono::Utc::now() - cached.last_seen_at > self.touch_interval() {
+                self.touch(cached.session_id)
+                    .await
+                    .map_err(|e| LoadError::Other(classify(e)))?;
+                self.cache.replace(key, cached.touched(self.idle()));
+            }
+            return Ok(Some(Self::state_of(&cached)));
+        }
+        let epoch = self.cache.epoch();
+        // Otherwise one query: the session, its login and the user.
         let row: Option<LoadedRow> = crate::db::query_as(
             r#"
-            SELECT s.session_id, s.state, s.version, s.last_seen_at, l.user_id, l.subject, l.email,
+            SELECT s.session_id, s.state, s.version, s.last_seen_at, s.expires_at,
+                   s.absolute_expires_at, l.user_id, l.subject, l.email,
                    l.email_verified, l.name, l.groups, l.token_id, l.access_expires_at,
                    l.refresh_status, l.auth_time, l.acr, l.created_at AS login_created_at
             FROM sessions s
@@ -408,14 +455,29 @@ impl SessionStore for PgSessionStore {
         // What this request read, for the compare-and-set and the merge on save.
         let base =
             serde_json::to_string(&state).map_err(|e| LoadError::Deserialization(e.into()))?;
-        state.insert(BASE_KEY.to_owned(), base);
-        state.insert(VERSION_KEY.to_owned(), row.version.to_string());
-        if let Some(auth) = auth {
-            let json =
-                serde_json::to_string(&auth).map_err(|e| LoadError::Deserialization(e.into()))?;
-            state.insert(AUTH_KEY.to_owned(), json);
-        }
-        Ok(Some(state))
+        let auth = auth
+            .map(|auth| serde_json::to_string(&auth))
+            .transpose()
+            .map_err(|e| LoadError::Deserialization(e.into()))?;
+        let touched = chrono::Utc::now() - row.last_seen_at > self.touch_interval();
+        let cached = CachedSession::new(
+            row.session_id,
+            state,
+            base,
+            row.version,
+            auth,
+            row.last_seen_at,
+            row.expires_at,
+            row.absolute_expires_at,
+        );
+        let request_state = Self::state_of(&cached);
+        let cached = if touched {
+            cached.touched(self.idle())
+        } else {
+            cached
+        };
+        self.cache.put(key, cached, epoch);
+        Ok(Some(request_state))
     }
 
     async fn save(&self, state: State, _ttl: &CookieDuration) -> Result<SessionKey, SaveError> {
@@ -440,11 +502,13 @@ impl SessionStore for PgSessionStore {
             }
             let columns =
                 Columns::from_state(write.mine.clone()).map_err(UpdateError::Serialization)?;
-            if self
+            let written = self
                 .write(&session_key, &new_key, write.version, &columns)
                 .await
-                .map_err(|e| UpdateError::Other(classify(e)))?
-            {
+                .map_err(|e| UpdateError::Other(classify(e)));
+            // Whatever happened, what this instance remembered of the session is stale.
+            self.cache.forget(&key_hash(&session_key));
+            if written? {
                 self.end_replaced_login(&write.base, columns.token_id).await;
                 return Ok(new_key);
             }
@@ -494,6 +558,7 @@ impl SessionStore for PgSessionStore {
     }
 
     async fn delete(&self, session_key: &SessionKey) -> anyhow::Result<()> {
+        self.cache.forget(&key_hash(session_key));
         crate::db::query("DELETE FROM sessions WHERE key_hash = $1")
             .bind(hash(session_key))
             .execute(&self.pool)

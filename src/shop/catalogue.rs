@@ -1,4 +1,6 @@
-//! Products and their stock, always read from Postgres: a price never comes from a form.
+//! Products and their stock, from Postgres or from memory kept right by its notifications
+//! ([`CatalogueCache`]): a price never comes from a form, and an order checks the stock again
+//! inside its transaction.
 
 use serde::Serialize;
 
@@ -96,4 +98,96 @@ pub async fn by_ids(
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(Product::from).collect())
+}
+
+/// The catalogue in memory: every product on sale, read once and again only after Postgres
+/// says a product changed (a price, the stock after an order) — while the instance hears its
+/// notifications; otherwise every read goes to Postgres.
+pub struct CatalogueCache {
+    products: std::sync::RwLock<Option<std::sync::Arc<Vec<Product>>>>,
+    hearing: std::sync::Arc<crate::db::notifications::Hearing>,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl CatalogueCache {
+    pub fn new(hearing: std::sync::Arc<crate::db::notifications::Hearing>) -> Self {
+        Self {
+            products: std::sync::RwLock::new(None),
+            hearing,
+            epoch: Default::default(),
+        }
+    }
+
+    /// Every product on sale, in catalogue order.
+    pub async fn list(
+        &self,
+        pool: &sqlx::PgPool,
+    ) -> Result<std::sync::Arc<Vec<Product>>, sqlx::Error> {
+        use std::sync::atomic::Ordering;
+        if self.hearing.usable()
+            && let Some(products) = self.products.read().expect("not poisoned").clone()
+        {
+            return Ok(products);
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let products = std::sync::Arc::new(list(pool).await?);
+        if self.hearing.usable() && self.epoch.load(Ordering::Acquire) == epoch {
+            *self.products.write().expect("not poisoned") = Some(products.clone());
+        }
+        Ok(products)
+    }
+
+    pub async fn by_slug(
+        &self,
+        pool: &sqlx::PgPool,
+        slug: &str,
+    ) -> Result<Option<Product>, sqlx::Error> {
+        Ok(self
+            .list(pool)
+            .await?
+            .iter()
+            .find(|p| p.slug == slug)
+            .cloned())
+    }
+
+    pub async fn by_id(
+        &self,
+        pool: &sqlx::PgPool,
+        product_id: i64,
+    ) -> Result<Option<Product>, sqlx::Error> {
+        Ok(self
+            .list(pool)
+            .await?
+            .iter()
+            .find(|p| p.product_id == product_id)
+            .cloned())
+    }
+
+    /// The products on sale among `ids`.
+    pub async fn by_ids(
+        &self,
+        pool: &sqlx::PgPool,
+        ids: &[i64],
+    ) -> Result<Vec<Product>, sqlx::Error> {
+        Ok(self
+            .list(pool)
+            .await?
+            .iter()
+            .filter(|p| ids.contains(&p.product_id))
+            .cloned()
+            .collect())
+    }
+}
+
+impl crate::db::notifications::Subscriber for CatalogueCache {
+    fn notified(&self, channel: &str, _payload: &str) {
+        if channel == crate::db::notifications::PRODUCTS {
+            self.flush();
+        }
+    }
+
+    fn flush(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        *self.products.write().expect("not poisoned") = None;
+    }
 }

@@ -1,6 +1,7 @@
 mod account;
 mod admin;
 mod browser;
+mod cache;
 mod callback_faults;
 mod configuration;
 mod deployment;

@@ -12,7 +12,6 @@ use crate::routes::respond::NoStore;
 use crate::routes::respond::see_other;
 use crate::session::TypedSession;
 use crate::shop::cart::{self, CartChange, MAX_QUANTITY, PricedCart};
-use crate::shop::catalogue;
 use crate::shop::orders::{self, CheckoutError};
 use crate::state::State;
 
@@ -39,7 +38,7 @@ async fn cart_page(
     let products = if ids.is_empty() {
         Vec::new()
     } else {
-        catalogue::by_ids(&state.pool, &ids).await?
+        state.catalogue.by_ids(&state.pool, &ids).await?
     };
     let dropped = cart.retain_available(&products);
     if !dropped.is_empty() {
@@ -94,7 +93,9 @@ pub async fn change_item(
     form: web::Form<CartItemForm>,
 ) -> Result<HttpResponse> {
     require_csrf(&session, &form.csrf_token)?;
-    let product = catalogue::by_id(&state.pool, form.product_id)
+    let product = state
+        .catalogue
+        .by_id(&state.pool, form.product_id)
         .await?
         .ok_or_else(|| AppError::BadRequest("That product is not available.".into()))?;
     let mut cart = session.cart();
@@ -207,7 +208,7 @@ async fn step_up_needed(
     if ids.is_empty() {
         return Ok(None);
     }
-    let products = catalogue::by_ids(&state.pool, &ids).await?;
+    let products = state.catalogue.by_ids(&state.pool, &ids).await?;
     let total = cart::price(cart, &products).total;
     if total.cents <= c.step_up_above_cents {
         return Ok(None);

@@ -6,7 +6,7 @@ use crate::routes::page::page_layout;
 use crate::routes::page::render;
 use crate::session::TypedSession;
 use crate::shop::cart::MAX_QUANTITY;
-use crate::shop::catalogue::{self, Product};
+use crate::shop::catalogue::Product;
 use crate::state::State;
 
 #[derive(Serialize)]
@@ -17,7 +17,7 @@ struct HomePage {
 
 #[tracing::instrument(name = "Home page", skip_all)]
 pub async fn home(state: State, session: TypedSession) -> Result<HttpResponse> {
-    let products = catalogue::list(&state.pool).await?;
+    let products = state.catalogue.list(&state.pool).await?.to_vec();
     // The add-to-cart forms need the session's CSRF token.
     session.csrf_token();
     let layout = page_layout(&state, &session);
@@ -40,7 +40,9 @@ pub async fn product_page(
     session: TypedSession,
     slug: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let product = catalogue::by_slug(&state.pool, &slug)
+    let product = state
+        .catalogue
+        .by_slug(&state.pool, &slug)
         .await?
         .ok_or(AppError::NotFound(
             "We could not find that product. It may have been removed from the catalogue.".into(),

@@ -1,0 +1,316 @@
+//! Sessions in memory, so that a page view in steady state costs no session query. Bounded
+//! by bytes (`session.cache_max_bytes`) and entries (`session.cache_max_entries`), kept right by
+//! Postgres' notifications ([`crate::db::notifications`]) and used only while the instance
+//! hears them. Expiry is still checked on every use against the entry's own idle and absolute
+//! expiry; an entry past its idle expiry is read again (another instance may have extended
+//! it), never served.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, Utc};
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+use uuid::Uuid;
+
+use crate::db::notifications::{Hearing, SESSIONS, Subscriber};
+
+pub type KeyHash = [u8; 32];
+
+/// One session as loaded: what the store hands a request, ready to copy.
+#[derive(Debug)]
+pub struct CachedSession {
+    pub session_id: Uuid,
+    /// The persisted state (without the store's own entries).
+    pub state: HashMap<String, String>,
+    /// `state` as JSON: the request's base for the merge.
+    pub base: String,
+    pub version: i64,
+    /// The login and user, as the read-only `__auth` entry (JSON), if logged in.
+    pub auth: Option<String>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub absolute_expires_at: DateTime<Utc>,
+    bytes: u64,
+}
+
+impl CachedSession {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        session_id: Uuid,
+        state: HashMap<String, String>,
+        base: String,
+        version: i64,
+        auth: Option<String>,
+        last_seen_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        absolute_expires_at: DateTime<Utc>,
+    ) -> Self {
+        let bytes = 200
+            + state
+                .iter()
+                .map(|(k, v)| 48 + k.len() + v.len())
+                .sum::<usize>()
+            + base.len()
+            + auth.as_ref().map_or(0, String::len);
+        Self {
+            session_id,
+            state,
+            base,
+            version,
+            auth,
+            last_seen_at,
+            expires_at,
+            absolute_expires_at,
+            bytes: bytes as u64,
+        }
+    }
+
+    /// The same session, used now: idle expiry pushed forward (never past the absolute one).
+    pub fn touched(&self, idle: chrono::Duration) -> Self {
+        let now = Utc::now();
+        Self {
+            session_id: self.session_id,
+            state: self.state.clone(),
+            base: self.base.clone(),
+            version: self.version,
+            auth: self.auth.clone(),
+            last_seen_at: now,
+            expires_at: (now + idle).min(self.absolute_expires_at),
+            absolute_expires_at: self.absolute_expires_at,
+            bytes: self.bytes,
+        }
+    }
+
+    fn live(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at > now && self.absolute_expires_at > now
+    }
+}
+
+/// Each entry weighs its bytes, and at least its share of the byte budget by entry count,
+/// so the cache holds at most `max_entries` entries and `max_bytes` bytes.
+#[derive(Clone)]
+struct Bytes {
+    floor: u64,
+}
+
+impl Weighter<KeyHash, Arc<CachedSession>> for Bytes {
+    fn weight(&self, _key: &KeyHash, value: &Arc<CachedSession>) -> u64 {
+        value.bytes.max(self.floor)
+    }
+}
+
+pub struct SessionCache {
+    entries: Option<Cache<KeyHash, Arc<CachedSession>, Bytes>>,
+    hearing: Arc<Hearing>,
+    /// Bumped by every notification and flush: a load that began before may not insert.
+    epoch: AtomicU64,
+}
+
+impl SessionCache {
+    /// `max_entries` 0 turns the cache off.
+    pub fn new(max_entries: usize, max_bytes: u64, hearing: Arc<Hearing>) -> Self {
+        let entries = (max_entries > 0 && max_bytes > 0).then(|| {
+            let floor = (max_bytes / max_entries as u64).max(1);
+            Cache::with_weighter(max_entries, max_bytes, Bytes { floor })
+        });
+        Self {
+            entries,
+            hearing,
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    /// A cache that never holds anything (stores built without one).
+    pub fn off() -> Self {
+        Self::new(0, 0, Arc::new(Hearing::default()))
+    }
+
+    fn usable(&self) -> Option<&Cache<KeyHash, Arc<CachedSession>, Bytes>> {
+        self.entries.as_ref().filter(|_| self.hearing.usable())
+    }
+
+    /// The live session under `key`, if this instance may trust its memory of it.
+    pub fn get(&self, key: &KeyHash) -> Option<Arc<CachedSession>> {
+        let hit = self.usable()?.get(key)?;
+        hit.live(Utc::now()).then_some(hit)
+    }
+
+    /// Where a load starts: pass it to [`Self::put`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Keeps a session read at `epoch`, unless something changed since.
+    pub fn put(&self, key: KeyHash, session: CachedSession, epoch: u64) {
+        let Some(entries) = self.usable() else { return };
+        if self.epoch() == epoch {
+            entries.insert(key, Arc::new(session));
+        }
+    }
+
+    /// Replaces an entry this instance just changed (a touch), keeping its place.
+    pub fn replace(&self, key: KeyHash, session: CachedSession) {
+        if let Some(entries) = self.usable()
+            && entries.get(&key).is_some()
+        {
+            entries.insert(key, Arc::new(session));
+        }
+    }
+
+    pub fn forget(&self, key: &KeyHash) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(entries) = &self.entries {
+            entries.remove(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.as_ref().map_or(0, Cache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held, by the weighing above.
+    pub fn weight(&self) -> u64 {
+        self.entries.as_ref().map_or(0, Cache::weight)
+    }
+}
+
+impl Subscriber for SessionCache {
+    fn notified(&self, channel: &str, payload: &str) {
+        if channel != SESSIONS {
+            return;
+        }
+        let Some((hex, what)) = payload.split_once(':') else {
+            return;
+        };
+        let Some(key) = decode_hex(hex) else { return };
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let Some(entries) = &self.entries else { return };
+        match what.parse::<i64>() {
+            // A content change: what we hold is stale unless it is that version or newer.
+            Ok(version) => {
+                if entries.get(&key).is_some_and(|e| e.version < version) {
+                    entries.remove(&key);
+                }
+            }
+            // Gone, expiring sooner, or its login or user changed.
+            Err(_) => {
+                entries.remove(&key);
+            }
+        }
+    }
+
+    fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(entries) = &self.entries {
+            entries.clear();
+        }
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<KeyHash> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hearing(usable: bool) -> Arc<Hearing> {
+        let h = Arc::new(Hearing::default());
+        if usable {
+            h.set_usable_for_tests();
+        }
+        h
+    }
+
+    fn session(version: i64) -> CachedSession {
+        let now = Utc::now();
+        CachedSession::new(
+            Uuid::nil(),
+            HashMap::from([("cart".into(), "[]".into())]),
+            "{}".into(),
+            version,
+            None,
+            now,
+            now + chrono::Duration::minutes(5),
+            now + chrono::Duration::hours(1),
+        )
+    }
+
+    fn hex(key: &KeyHash) -> String {
+        key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn notifications_forget_what_they_name() {
+        let cache = SessionCache::new(100, 1 << 20, hearing(true));
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        cache.put(a, session(3), cache.epoch());
+        cache.put(b, session(3), cache.epoch());
+        cache.notified(SESSIONS, &format!("{}:3", hex(&a)));
+        assert!(cache.get(&a).is_some(), "the version held is not stale");
+        cache.notified(SESSIONS, &format!("{}:4", hex(&a)));
+        assert!(cache.get(&a).is_none(), "a newer version is");
+        cache.notified(SESSIONS, &format!("{}:*", hex(&b)));
+        assert!(cache.get(&b).is_none(), "a login or user change is");
+        cache.put(b, session(5), cache.epoch());
+        cache.notified(SESSIONS, &format!("{}:-", hex(&b)));
+        assert!(cache.get(&b).is_none(), "so is an end");
+        cache.notified(SESSIONS, "garbage");
+        cache.notified("other", &format!("{}:-", hex(&b)));
+    }
+
+    #[test]
+    fn a_load_overtaken_by_a_notification_is_not_kept() {
+        let cache = SessionCache::new(100, 1 << 20, hearing(true));
+        let key = [7u8; 32];
+        let began = cache.epoch();
+        cache.notified(SESSIONS, &format!("{}:9", hex(&key)));
+        cache.put(key, session(8), began);
+        assert!(cache.get(&key).is_none());
+    }
+
+    #[test]
+    fn nothing_is_served_or_kept_while_the_instance_is_deaf() {
+        let cache = SessionCache::new(100, 1 << 20, hearing(false));
+        let key = [3u8; 32];
+        cache.put(key, session(1), cache.epoch());
+        assert!(cache.get(&key).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn an_expired_entry_is_not_served() {
+        let cache = SessionCache::new(100, 1 << 20, hearing(true));
+        let key = [4u8; 32];
+        let mut old = session(1);
+        old.expires_at = Utc::now() - chrono::Duration::seconds(1);
+        cache.put(key, old, cache.epoch());
+        assert!(cache.get(&key).is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_entries_and_bytes() {
+        let cache = SessionCache::new(1_000, 1_000 * 1024, hearing(true));
+        for i in 0..5_000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            cache.put(key, session(1), cache.epoch());
+        }
+        assert!(cache.len() <= 1_000, "{}", cache.len());
+        assert!(cache.weight() <= 1_000 * 1024);
+    }
+}
