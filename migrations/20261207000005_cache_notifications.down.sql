@@ -1,3 +1,5 @@
+DROP TRIGGER orders_notify ON orders;
+DROP FUNCTION orders_notify();
 DROP TRIGGER products_notify ON products;
 DROP FUNCTION products_notify();
 DROP TRIGGER users_notify ON users;

@@ -8,6 +8,7 @@
 --                keeps it), `-` the session is gone or expires sooner, `*` its login or user
 --                changed (token health, groups, email…).
 -- Channel `storefront_products`: the catalogue changed (payload: the product id).
+-- Channel `storefront_orders`: a user's orders changed (payload: the user id).
 
 CREATE FUNCTION sessions_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -73,3 +74,12 @@ END;
 $$;
 CREATE TRIGGER products_notify AFTER INSERT OR UPDATE OR DELETE ON products
     FOR EACH ROW EXECUTE FUNCTION products_notify();
+
+CREATE FUNCTION orders_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('storefront_orders', COALESCE(NEW.user_id, OLD.user_id)::text);
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER orders_notify AFTER INSERT OR UPDATE OR DELETE ON orders
+    FOR EACH ROW EXECUTE FUNCTION orders_notify();

@@ -30,6 +30,7 @@ use crate::session::cache::SessionCache;
 use crate::session::csrf::CsrfKey;
 use crate::session::{PgSessionStore, SessionTimeouts};
 use crate::shop::catalogue::CatalogueCache;
+use crate::shop::orders::OrdersCache;
 use crate::state::{AppState, State};
 
 /// How often rate-limit buckets that are full again are dropped.
@@ -97,6 +98,11 @@ impl Application {
             hearing.clone(),
         ));
         let catalogue = Arc::new(CatalogueCache::new(hearing.clone()));
+        // A quarter of the session cache's budget for users' order lists.
+        let orders = Arc::new(OrdersCache::new(
+            settings.session.cache_max_bytes / 4,
+            hearing.clone(),
+        ));
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
             pool,
@@ -113,6 +119,7 @@ impl Application {
             hearing,
             sessions,
             catalogue,
+            orders,
             settings,
             draining: Default::default(),
         });
@@ -257,8 +264,11 @@ pub fn spawn_notifications(
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy_with(options);
-    let subscribers: Vec<Arc<dyn crate::db::notifications::Subscriber>> =
-        vec![state.sessions.clone(), state.catalogue.clone()];
+    let subscribers: Vec<Arc<dyn crate::db::notifications::Subscriber>> = vec![
+        state.sessions.clone(),
+        state.catalogue.clone(),
+        state.orders.clone(),
+    ];
     let notifications = Arc::new(Notifications::new(state.hearing.clone(), subscribers));
     Some(tokio::spawn(notifications.run_until_stopped(listen, stop)))
 }

@@ -19,6 +19,7 @@ use crate::routes::rate_limit::RateLimits;
 use crate::session::cache::SessionCache;
 use crate::session::csrf::CsrfKey;
 use crate::shop::catalogue::CatalogueCache;
+use crate::shop::orders::OrdersCache;
 
 /// Everything a handler needs, shared by all workers.
 pub struct AppState {
@@ -45,6 +46,8 @@ pub struct AppState {
     pub sessions: Arc<SessionCache>,
     /// The catalogue in memory.
     pub catalogue: Arc<CatalogueCache>,
+    /// Each user's orders in memory.
+    pub orders: Arc<OrdersCache>,
     pub settings: Settings,
     /// Set on SIGTERM/SIGINT: `/health` answers 503 and responses close their connections
     /// until the listener closes (`server.drain_secs` later).

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub const SESSIONS: &str = "storefront_sessions";
 pub const PRODUCTS: &str = "storefront_products";
+pub const ORDERS: &str = "storefront_orders";
 const PING: &str = "storefront_ping";
 /// How often an instance pings itself.
 pub const PING_EVERY: Duration = Duration::from_millis(250);
@@ -170,6 +171,8 @@ impl Notifications {
 
 async fn connect(listen: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(listen).await?;
-    listener.listen_all([SESSIONS, PRODUCTS, PING]).await?;
+    listener
+        .listen_all([SESSIONS, PRODUCTS, ORDERS, PING])
+        .await?;
     Ok(listener)
 }

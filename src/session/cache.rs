@@ -14,6 +14,7 @@ use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 use uuid::Uuid;
 
+use super::AuthState;
 use crate::db::notifications::{Hearing, SESSIONS, Subscriber};
 
 pub type KeyHash = [u8; 32];
@@ -22,13 +23,11 @@ pub type KeyHash = [u8; 32];
 #[derive(Debug)]
 pub struct CachedSession {
     pub session_id: Uuid,
-    /// The persisted state (without the store's own entries).
+    /// The persisted state (without the store's own entries); a request's base for the merge.
     pub state: HashMap<String, String>,
-    /// `state` as JSON: the request's base for the merge.
-    pub base: String,
     pub version: i64,
-    /// The login and user, as the read-only `__auth` entry (JSON), if logged in.
-    pub auth: Option<String>,
+    /// The login and user, if logged in (the read-only `__auth` entry).
+    pub auth: Option<AuthState>,
     pub last_seen_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub absolute_expires_at: DateTime<Utc>,
@@ -40,9 +39,8 @@ impl CachedSession {
     pub fn new(
         session_id: Uuid,
         state: HashMap<String, String>,
-        base: String,
         version: i64,
-        auth: Option<String>,
+        auth: Option<AuthState>,
         last_seen_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         absolute_expires_at: DateTime<Utc>,
@@ -52,12 +50,15 @@ impl CachedSession {
                 .iter()
                 .map(|(k, v)| 48 + k.len() + v.len())
                 .sum::<usize>()
-            + base.len()
-            + auth.as_ref().map_or(0, String::len);
+            + auth.as_ref().map_or(0, |a| {
+                200 + a.subject.len()
+                    + a.email.as_ref().map_or(0, String::len)
+                    + a.name.as_ref().map_or(0, String::len)
+                    + a.groups.iter().map(|g| 24 + g.len()).sum::<usize>()
+            });
         Self {
             session_id,
             state,
-            base,
             version,
             auth,
             last_seen_at,
@@ -73,7 +74,6 @@ impl CachedSession {
         Self {
             session_id: self.session_id,
             state: self.state.clone(),
-            base: self.base.clone(),
             version: self.version,
             auth: self.auth.clone(),
             last_seen_at: now,
@@ -241,7 +241,6 @@ mod tests {
         CachedSession::new(
             Uuid::nil(),
             HashMap::from([("cart".into(), "[]".into())]),
-            "{}".into(),
             version,
             None,
             now,

@@ -103,15 +103,16 @@ impl PgSessionStore {
         chrono::Duration::from_std(self.timeouts.idle).unwrap_or(chrono::Duration::MAX)
     }
 
-    /// A request's state from a cached session: a copy with the store's own entries.
-    fn state_of(cached: &CachedSession) -> State {
+    /// A request's state from a loaded session: a copy with the store's own entries (the base
+    /// for the merge, the version, the login).
+    fn state_of(cached: &CachedSession) -> Result<State, serde_json::Error> {
         let mut state = cached.state.clone();
-        state.insert(BASE_KEY.to_owned(), cached.base.clone());
+        state.insert(BASE_KEY.to_owned(), serde_json::to_string(&cached.state)?);
         state.insert(VERSION_KEY.to_owned(), cached.version.to_string());
         if let Some(auth) = &cached.auth {
-            state.insert(AUTH_KEY.to_owned(), auth.clone());
+            state.insert(AUTH_KEY.to_owned(), serde_json::to_string(auth)?);
         }
-        state
+        Ok(state)
     }
 
     fn idle_secs(&self) -> f64 {
@@ -398,7 +399,9 @@ impl SessionStore for PgSessionStore {
                     .map_err(|e| LoadError::Other(classify(e)))?;
                 self.cache.replace(key, cached.touched(self.idle()));
             }
-            return Ok(Some(Self::state_of(&cached)));
+            let state =
+                Self::state_of(&cached).map_err(|e| LoadError::Deserialization(e.into()))?;
+            return Ok(Some(state));
         }
         let epoch = self.cache.epoch();
         // Otherwise one query: the session, its login and the user.
@@ -452,25 +455,19 @@ impl SessionStore for PgSessionStore {
                 None
             }
         };
-        // What this request read, for the compare-and-set and the merge on save.
-        let base =
-            serde_json::to_string(&state).map_err(|e| LoadError::Deserialization(e.into()))?;
-        let auth = auth
-            .map(|auth| serde_json::to_string(&auth))
-            .transpose()
-            .map_err(|e| LoadError::Deserialization(e.into()))?;
         let touched = chrono::Utc::now() - row.last_seen_at > self.touch_interval();
         let cached = CachedSession::new(
             row.session_id,
             state,
-            base,
             row.version,
             auth,
             row.last_seen_at,
             row.expires_at,
             row.absolute_expires_at,
         );
-        let request_state = Self::state_of(&cached);
+        // What this request read, for the compare-and-set and the merge on save.
+        let request_state =
+            Self::state_of(&cached).map_err(|e| LoadError::Deserialization(e.into()))?;
         let cached = if touched {
             cached.touched(self.idle())
         } else {

@@ -165,7 +165,7 @@ pub async fn place_order(
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct OrderItem {
     pub name: String,
     pub quantity: i32,
@@ -173,7 +173,7 @@ pub struct OrderItem {
     pub line_total: Money,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Order {
     pub order_id: Uuid,
     pub status: String,
@@ -238,4 +238,81 @@ pub async fn for_user(
         }
     }
     Ok(orders)
+}
+
+/// Each user's orders in memory, as `/orders` lists them, while the instance hears Postgres'
+/// notifications (an order placed or changed on any instance drops that user's entry).
+/// Bounded by an estimate of the bytes held.
+pub struct OrdersCache {
+    entries: Option<quick_cache::sync::Cache<Uuid, std::sync::Arc<Vec<Order>>, OrderBytes>>,
+    hearing: std::sync::Arc<crate::db::notifications::Hearing>,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Clone)]
+struct OrderBytes;
+
+impl quick_cache::Weighter<Uuid, std::sync::Arc<Vec<Order>>> for OrderBytes {
+    fn weight(&self, _key: &Uuid, orders: &std::sync::Arc<Vec<Order>>) -> u64 {
+        let items: usize = orders.iter().map(|o| o.items.len()).sum();
+        (100 + orders.len() * 200 + items * 100) as u64
+    }
+}
+
+impl OrdersCache {
+    /// At most `max_bytes` (estimated); 0 turns it off.
+    pub fn new(max_bytes: u64, hearing: std::sync::Arc<crate::db::notifications::Hearing>) -> Self {
+        Self {
+            entries: (max_bytes > 0).then(|| {
+                quick_cache::sync::Cache::with_weighter(
+                    (max_bytes / 500).max(16) as usize,
+                    max_bytes,
+                    OrderBytes,
+                )
+            }),
+            hearing,
+            epoch: Default::default(),
+        }
+    }
+
+    /// The user's orders, newest first.
+    pub async fn for_user(
+        &self,
+        pool: &PgPool,
+        user_id: Uuid,
+    ) -> Result<std::sync::Arc<Vec<Order>>, sqlx::Error> {
+        use std::sync::atomic::Ordering;
+        let entries = self.entries.as_ref().filter(|_| self.hearing.usable());
+        if let Some(hit) = entries.and_then(|e| e.get(&user_id)) {
+            return Ok(hit);
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let orders = std::sync::Arc::new(for_user(pool, user_id, None).await?);
+        if let Some(entries) = entries
+            && self.hearing.usable()
+            && self.epoch.load(Ordering::Acquire) == epoch
+        {
+            entries.insert(user_id, orders.clone());
+        }
+        Ok(orders)
+    }
+}
+
+impl crate::db::notifications::Subscriber for OrdersCache {
+    fn notified(&self, channel: &str, payload: &str) {
+        if channel != crate::db::notifications::ORDERS {
+            return;
+        }
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let (Some(entries), Ok(user_id)) = (&self.entries, Uuid::parse_str(payload)) {
+            entries.remove(&user_id);
+        }
+    }
+
+    fn flush(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(entries) = &self.entries {
+            entries.clear();
+        }
+    }
 }

@@ -340,3 +340,62 @@ async fn expiry_holds_for_a_cached_session(opts: PgPoolOptions, db: PgConnectOpt
     until_logged_out(&other, "/orders").await;
     stop.cancel();
 }
+
+#[sqlx::test]
+async fn an_order_placed_anywhere_shows_in_the_cached_list_within_a_second(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let one = spawn_app_with(opts.clone(), db.clone(), two_instances_settings).await;
+    let two = spawn_app_with_idp(opts, db, one.idp.clone(), |s| {
+        two_instances_settings(s);
+        same_secrets(s, &one);
+    })
+    .await;
+    storefront::shop::demo::load(&one.pool).await.unwrap();
+    let stop = CancellationToken::new();
+    listening(&one, &stop).await;
+    listening(&two, &stop).await;
+    let cookie = session_cookie(&one.login_as("alice").await);
+    let list = || async {
+        reqwest::Client::new()
+            .get(two.url("/orders"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = list().await;
+    assert_eq!(before, list().await, "cached");
+    let (user_id, product_id): (uuid::Uuid, i64) = sqlx::query_as(
+        "SELECT (SELECT user_id FROM users WHERE subject = 'alice'),
+                (SELECT product_id FROM products WHERE slug = 'ceramic-mug')",
+    )
+    .fetch_one(&one.pool)
+    .await
+    .unwrap();
+    let mut cart = storefront::shop::cart::Cart::default();
+    cart.replay(&storefront::shop::cart::CartChange::Add {
+        product_id,
+        quantity: 1,
+    });
+    let started = Instant::now();
+    storefront::shop::orders::place_order(&one.pool, user_id, uuid::Uuid::new_v4(), &cart)
+        .await
+        .unwrap();
+    loop {
+        if list().await.contains("Ceramic Mug") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the new order is listed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("listed on the other instance after {:?}", started.elapsed());
+    stop.cancel();
+}

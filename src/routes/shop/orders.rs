@@ -12,8 +12,8 @@ use crate::shop::orders::{self, Order};
 use crate::state::State;
 
 #[derive(Serialize)]
-struct OrdersPage {
-    orders: Vec<Order>,
+struct OrdersPage<'a> {
+    orders: &'a [Order],
 }
 
 /// The shopper's own orders, newest first.
@@ -23,13 +23,13 @@ pub async fn list_orders(
     session: TypedSession,
     user: CurrentUser,
 ) -> Result<HttpResponse> {
-    let orders = orders::for_user(&state.pool, user.user_id, None).await?;
+    let orders = state.orders.for_user(&state.pool, user.user_id).await?;
     let layout = page_layout(&state, &session);
     Ok(render(
         &state.tera,
         "shop/orders.html",
         &layout,
-        OrdersPage { orders },
+        OrdersPage { orders: &orders },
     )?
     .with_no_store())
 }
