@@ -160,6 +160,10 @@ async fn run() -> anyhow::Result<()> {
 
     // Every session in memory, as a busy day leaves them: one request with each synthetic
     // session's cookie (signed as the shop signs it) before the measured runs.
+    println!(
+        "peak RSS before the cache fills: {:.1} MiB",
+        peak_rss_mib(server.0.id())?
+    );
     let warmed = Instant::now();
     let loaded = support::load::visit_all(
         &format!("{shop}/cart"),

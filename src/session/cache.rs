@@ -15,27 +15,54 @@ use quick_cache::sync::Cache;
 use uuid::Uuid;
 
 use super::AuthState;
+use crate::auth::tokens::RefreshStatus;
 use crate::db::notifications::{Hearing, SESSIONS, Subscriber};
 
 pub type KeyHash = [u8; 32];
 
-/// One session as loaded: what the store hands a request, ready to copy.
-#[derive(Debug)]
+/// One session as loaded, kept compact (a hundred thousand of them fit in a few tens of
+/// MiB): times as milliseconds, strings boxed, an empty state and an anonymous session without
+/// any allocation of their own.
+#[derive(Debug, Clone)]
 pub struct CachedSession {
     pub session_id: Uuid,
-    /// The persisted state (without the store's own entries); a request's base for the merge.
-    pub state: HashMap<String, String>,
+    /// The persisted state (without the store's own entries); `None` when empty.
+    state: Option<CompactState>,
     pub version: i64,
-    /// The login and user, if logged in (the read-only `__auth` entry).
-    pub auth: Option<AuthState>,
-    pub last_seen_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub absolute_expires_at: DateTime<Utc>,
-    bytes: u64,
+    auth: Option<Box<CompactAuth>>,
+    last_seen: i64,
+    expires: i64,
+    absolute_expires: i64,
+    bytes: u32,
+}
+
+/// A session's state entries, boxed to their size.
+type CompactState = Box<[(Box<str>, Box<str>)]>;
+
+#[derive(Debug, Clone)]
+struct CompactAuth {
+    user_id: Uuid,
+    token_id: Uuid,
+    subject: Box<str>,
+    email: Option<Box<str>>,
+    name: Option<Box<str>>,
+    groups: Box<[Box<str>]>,
+    access_expires: i64,
+    auth_time: Option<i64>,
+    acr: Option<Box<str>>,
+    refresh_status: RefreshStatus,
+    email_verified: bool,
+}
+
+fn millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+fn time(millis: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }
 
 impl CachedSession {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         session_id: Uuid,
         state: HashMap<String, String>,
@@ -45,46 +72,96 @@ impl CachedSession {
         expires_at: DateTime<Utc>,
         absolute_expires_at: DateTime<Utc>,
     ) -> Self {
-        let bytes = 200
-            + state
-                .iter()
-                .map(|(k, v)| 48 + k.len() + v.len())
-                .sum::<usize>()
-            + auth.as_ref().map_or(0, |a| {
-                200 + a.subject.len()
-                    + a.email.as_ref().map_or(0, String::len)
-                    + a.name.as_ref().map_or(0, String::len)
-                    + a.groups.iter().map(|g| 24 + g.len()).sum::<usize>()
+        let state: Option<CompactState> = (!state.is_empty()).then(|| {
+            state
+                .into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect()
+        });
+        let auth = auth.map(|a| {
+            Box::new(CompactAuth {
+                user_id: a.user_id,
+                token_id: a.token_id,
+                subject: a.subject.into_boxed_str(),
+                email: a.email.map(String::into_boxed_str),
+                name: a.name.map(String::into_boxed_str),
+                groups: a.groups.into_iter().map(String::into_boxed_str).collect(),
+                access_expires: millis(a.access_expires_at),
+                auth_time: a.auth_time.map(millis),
+                acr: a.acr.map(String::into_boxed_str),
+                refresh_status: a.refresh_status,
+                email_verified: a.email_verified,
+            })
+        });
+        let bytes =
+            120 + state.as_ref().map_or(0, |s| {
+                s.iter().map(|(k, v)| 48 + k.len() + v.len()).sum::<usize>()
+            }) + auth.as_ref().map_or(0, |a| {
+                160 + a.subject.len()
+                    + a.email.as_ref().map_or(0, |e| 16 + e.len())
+                    + a.name.as_ref().map_or(0, |n| 16 + n.len())
+                    + a.groups.iter().map(|g| 32 + g.len()).sum::<usize>()
             });
         Self {
             session_id,
             state,
             version,
             auth,
-            last_seen_at,
-            expires_at,
-            absolute_expires_at,
-            bytes: bytes as u64,
+            last_seen: millis(last_seen_at),
+            expires: millis(expires_at),
+            absolute_expires: millis(absolute_expires_at),
+            bytes: bytes.min(u32::MAX as usize) as u32,
         }
+    }
+
+    /// The persisted state, as the store hands it to a request.
+    pub fn state(&self) -> HashMap<String, String> {
+        self.state
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The login and user, if logged in.
+    pub fn auth(&self) -> Option<AuthState> {
+        let a = self.auth.as_ref()?;
+        Some(AuthState {
+            user_id: a.user_id,
+            token_id: a.token_id,
+            subject: a.subject.to_string(),
+            email: a.email.as_deref().map(str::to_owned),
+            email_verified: a.email_verified,
+            name: a.name.as_deref().map(str::to_owned),
+            groups: a.groups.iter().map(|g| g.to_string()).collect(),
+            access_expires_at: time(a.access_expires),
+            refresh_status: a.refresh_status,
+            auth_time: a.auth_time.map(time),
+            acr: a.acr.as_deref().map(str::to_owned),
+        })
+    }
+
+    pub fn last_seen_at(&self) -> DateTime<Utc> {
+        time(self.last_seen)
     }
 
     /// The same session, used now: idle expiry pushed forward (never past the absolute one).
     pub fn touched(&self, idle: chrono::Duration) -> Self {
         let now = Utc::now();
-        Self {
-            session_id: self.session_id,
-            state: self.state.clone(),
-            version: self.version,
-            auth: self.auth.clone(),
-            last_seen_at: now,
-            expires_at: (now + idle).min(self.absolute_expires_at),
-            absolute_expires_at: self.absolute_expires_at,
-            bytes: self.bytes,
-        }
+        let mut touched = self.clone();
+        touched.last_seen = millis(now);
+        touched.expires = millis(now + idle).min(self.absolute_expires);
+        touched
     }
 
     fn live(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at > now && self.absolute_expires_at > now
+        let now = millis(now);
+        self.expires > now && self.absolute_expires > now
+    }
+
+    #[cfg(test)]
+    fn expire_now(&mut self) {
+        self.expires = millis(Utc::now()) - 1000;
     }
 }
 
@@ -97,7 +174,7 @@ struct Bytes {
 
 impl Weighter<KeyHash, Arc<CachedSession>> for Bytes {
     fn weight(&self, _key: &KeyHash, value: &Arc<CachedSession>) -> u64 {
-        value.bytes.max(self.floor)
+        u64::from(value.bytes).max(self.floor)
     }
 }
 
@@ -296,7 +373,7 @@ mod tests {
         let cache = SessionCache::new(100, 1 << 20, hearing(true));
         let key = [4u8; 32];
         let mut old = session(1);
-        old.expires_at = Utc::now() - chrono::Duration::seconds(1);
+        old.expire_now();
         cache.put(key, old, cache.epoch());
         assert!(cache.get(&key).is_none());
     }

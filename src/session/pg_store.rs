@@ -106,11 +106,11 @@ impl PgSessionStore {
     /// A request's state from a loaded session: a copy with the store's own entries (the base
     /// for the merge, the version, the login).
     fn state_of(cached: &CachedSession) -> Result<State, serde_json::Error> {
-        let mut state = cached.state.clone();
-        state.insert(BASE_KEY.to_owned(), serde_json::to_string(&cached.state)?);
+        let mut state = cached.state();
+        state.insert(BASE_KEY.to_owned(), serde_json::to_string(&state)?);
         state.insert(VERSION_KEY.to_owned(), cached.version.to_string());
-        if let Some(auth) = &cached.auth {
-            state.insert(AUTH_KEY.to_owned(), serde_json::to_string(auth)?);
+        if let Some(auth) = cached.auth() {
+            state.insert(AUTH_KEY.to_owned(), serde_json::to_string(&auth)?);
         }
         Ok(state)
     }
@@ -393,7 +393,7 @@ impl SessionStore for PgSessionStore {
         let key = key_hash(session_key);
         // Steady state: from memory, while this instance hears Postgres' notifications.
         if let Some(cached) = self.cache.get(&key) {
-            if chrono::Utc::now() - cached.last_seen_at > self.touch_interval() {
+            if chrono::Utc::now() - cached.last_seen_at() > self.touch_interval() {
                 self.touch(cached.session_id)
                     .await
                     .map_err(|e| LoadError::Other(classify(e)))?;
