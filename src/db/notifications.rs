@@ -32,6 +32,29 @@ pub trait Subscriber: Send + Sync {
     fn flush(&self);
 }
 
+/// Counts what made a cache's memory stale (a notification, a flush). A value read from
+/// Postgres may be kept only if nothing of the kind came between the start of the read and
+/// the keeping: else the read may have seen the row before the change it was told of.
+#[derive(Debug, Default)]
+pub struct Generation(std::sync::atomic::AtomicU64);
+
+impl Generation {
+    /// Where a read starts.
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Something changed: reads in flight may not be kept.
+    pub fn advance(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether nothing changed since `start` (a value read from there may be kept).
+    pub fn unchanged_since(&self, start: u64) -> bool {
+        self.current() == start
+    }
+}
+
 /// Whether this instance hears Postgres' notifications right now.
 #[derive(Default)]
 pub struct Hearing {

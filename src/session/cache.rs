@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use quick_cache::Weighter;
@@ -16,7 +15,7 @@ use uuid::Uuid;
 
 use super::AuthState;
 use crate::auth::tokens::RefreshStatus;
-use crate::db::notifications::{Hearing, SESSIONS, Subscriber};
+use crate::db::notifications::{Generation, Hearing, SESSIONS, Subscriber};
 
 pub type KeyHash = [u8; 32];
 
@@ -181,8 +180,8 @@ impl Weighter<KeyHash, Arc<CachedSession>> for Bytes {
 pub struct SessionCache {
     entries: Option<Cache<KeyHash, Arc<CachedSession>, Bytes>>,
     hearing: Arc<Hearing>,
-    /// Bumped by every notification and flush: a load that began before may not insert.
-    epoch: AtomicU64,
+    /// Advanced by every notification and flush: a load that began before may not insert.
+    generation: Generation,
 }
 
 impl SessionCache {
@@ -195,7 +194,7 @@ impl SessionCache {
         Self {
             entries,
             hearing,
-            epoch: AtomicU64::new(0),
+            generation: Generation::default(),
         }
     }
 
@@ -216,13 +215,13 @@ impl SessionCache {
 
     /// Where a load starts: pass it to [`Self::put`].
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.generation.current()
     }
 
     /// Keeps a session read at `epoch`, unless something changed since.
     pub fn put(&self, key: KeyHash, session: CachedSession, epoch: u64) {
         let Some(entries) = self.usable() else { return };
-        if self.epoch() == epoch {
+        if self.generation.unchanged_since(epoch) {
             entries.insert(key, Arc::new(session));
         }
     }
@@ -237,7 +236,7 @@ impl SessionCache {
     }
 
     pub fn forget(&self, key: &KeyHash) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.generation.advance();
         if let Some(entries) = &self.entries {
             entries.remove(key);
         }
@@ -266,7 +265,7 @@ impl Subscriber for SessionCache {
             return;
         };
         let Some(key) = decode_hex(hex) else { return };
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.generation.advance();
         let Some(entries) = &self.entries else { return };
         match what.parse::<i64>() {
             // A content change: what we hold is stale unless it is that version or newer.
@@ -283,7 +282,7 @@ impl Subscriber for SessionCache {
     }
 
     fn flush(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.generation.advance();
         if let Some(entries) = &self.entries {
             entries.clear();
         }

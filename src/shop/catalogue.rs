@@ -2,9 +2,13 @@
 //! ([`CatalogueCache`]): a price never comes from a form, and an order checks the stock again
 //! inside its transaction.
 
+use std::sync::{Arc, RwLock};
+
 use serde::Serialize;
+use sqlx::PgPool;
 
 use super::Money;
+use crate::db::notifications::{Generation, Hearing, PRODUCTS, Subscriber};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Product {
@@ -60,88 +64,40 @@ pub async fn list(db: impl Into<crate::db::Route<'_>>) -> Result<Vec<Product>, s
     Ok(rows.into_iter().map(Product::from).collect())
 }
 
-pub async fn by_slug(
-    db: impl Into<crate::db::Route<'_>>,
-    slug: &str,
-) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<ProductRow> = crate::db::query_as(&format!(
-        "SELECT {COLUMNS} FROM products WHERE slug = $1 AND active"
-    ))
-    .bind(slug)
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(Product::from))
-}
-
-pub async fn by_id(
-    db: impl Into<crate::db::Route<'_>>,
-    product_id: i64,
-) -> Result<Option<Product>, sqlx::Error> {
-    let row: Option<ProductRow> = crate::db::query_as(&format!(
-        "SELECT {COLUMNS} FROM products WHERE product_id = $1 AND active"
-    ))
-    .bind(product_id)
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(Product::from))
-}
-
-/// The products on sale among `ids`, in no particular order.
-pub async fn by_ids(
-    db: impl Into<crate::db::Route<'_>>,
-    ids: &[i64],
-) -> Result<Vec<Product>, sqlx::Error> {
-    let rows: Vec<ProductRow> = crate::db::query_as(&format!(
-        "SELECT {COLUMNS} FROM products WHERE product_id = ANY($1) AND active"
-    ))
-    .bind(ids)
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(Product::from).collect())
-}
-
 /// The catalogue in memory: every product on sale, read once and again only after Postgres
 /// says a product changed (a price, the stock after an order) — while the instance hears its
 /// notifications; otherwise every read goes to Postgres.
 pub struct CatalogueCache {
-    products: std::sync::RwLock<Option<std::sync::Arc<Vec<Product>>>>,
-    hearing: std::sync::Arc<crate::db::notifications::Hearing>,
-    epoch: std::sync::atomic::AtomicU64,
+    products: RwLock<Option<Arc<Vec<Product>>>>,
+    hearing: Arc<Hearing>,
+    generation: Generation,
 }
 
 impl CatalogueCache {
-    pub fn new(hearing: std::sync::Arc<crate::db::notifications::Hearing>) -> Self {
+    pub fn new(hearing: Arc<Hearing>) -> Self {
         Self {
-            products: std::sync::RwLock::new(None),
+            products: RwLock::new(None),
             hearing,
-            epoch: Default::default(),
+            generation: Generation::default(),
         }
     }
 
     /// Every product on sale, in catalogue order.
-    pub async fn list(
-        &self,
-        pool: &sqlx::PgPool,
-    ) -> Result<std::sync::Arc<Vec<Product>>, sqlx::Error> {
-        use std::sync::atomic::Ordering;
+    pub async fn list(&self, pool: &PgPool) -> Result<Arc<Vec<Product>>, sqlx::Error> {
         if self.hearing.usable()
             && let Some(products) = self.products.read().expect("not poisoned").clone()
         {
             return Ok(products);
         }
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let products = std::sync::Arc::new(list(pool).await?);
-        if self.hearing.usable() && self.epoch.load(Ordering::Acquire) == epoch {
+        let start = self.generation.current();
+        let products = Arc::new(list(pool).await?);
+        if self.hearing.usable() && self.generation.unchanged_since(start) {
             *self.products.write().expect("not poisoned") = Some(products.clone());
         }
         Ok(products)
     }
 
-    pub async fn by_slug(
-        &self,
-        pool: &sqlx::PgPool,
-        slug: &str,
-    ) -> Result<Option<Product>, sqlx::Error> {
+    pub async fn by_slug(&self, pool: &PgPool, slug: &str) -> Result<Option<Product>, sqlx::Error> {
         Ok(self
             .list(pool)
             .await?
@@ -152,7 +108,7 @@ impl CatalogueCache {
 
     pub async fn by_id(
         &self,
-        pool: &sqlx::PgPool,
+        pool: &PgPool,
         product_id: i64,
     ) -> Result<Option<Product>, sqlx::Error> {
         Ok(self
@@ -164,11 +120,7 @@ impl CatalogueCache {
     }
 
     /// The products on sale among `ids`.
-    pub async fn by_ids(
-        &self,
-        pool: &sqlx::PgPool,
-        ids: &[i64],
-    ) -> Result<Vec<Product>, sqlx::Error> {
+    pub async fn by_ids(&self, pool: &PgPool, ids: &[i64]) -> Result<Vec<Product>, sqlx::Error> {
         Ok(self
             .list(pool)
             .await?
@@ -179,15 +131,15 @@ impl CatalogueCache {
     }
 }
 
-impl crate::db::notifications::Subscriber for CatalogueCache {
+impl Subscriber for CatalogueCache {
     fn notified(&self, channel: &str, _payload: &str) {
-        if channel == crate::db::notifications::PRODUCTS {
+        if channel == PRODUCTS {
             self.flush();
         }
     }
 
     fn flush(&self) {
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.generation.advance();
         *self.products.write().expect("not poisoned") = None;
     }
 }

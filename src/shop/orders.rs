@@ -2,6 +2,8 @@
 //! it needs or nothing, and the idempotency key from the checkout form makes a double
 //! submission the same order.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -9,6 +11,7 @@ use uuid::Uuid;
 
 use super::Money;
 use super::cart::Cart;
+use crate::db::notifications::{Generation, Hearing, ORDERS, Subscriber};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
@@ -244,16 +247,16 @@ pub async fn for_user(
 /// notifications (an order placed or changed on any instance drops that user's entry).
 /// Bounded by an estimate of the bytes held.
 pub struct OrdersCache {
-    entries: Option<quick_cache::sync::Cache<Uuid, std::sync::Arc<Vec<Order>>, OrderBytes>>,
-    hearing: std::sync::Arc<crate::db::notifications::Hearing>,
-    epoch: std::sync::atomic::AtomicU64,
+    entries: Option<quick_cache::sync::Cache<Uuid, Arc<Vec<Order>>, OrderBytes>>,
+    hearing: Arc<Hearing>,
+    generation: Generation,
 }
 
 #[derive(Clone)]
 struct OrderBytes;
 
-impl quick_cache::Weighter<Uuid, std::sync::Arc<Vec<Order>>> for OrderBytes {
-    fn weight(&self, _key: &Uuid, orders: &std::sync::Arc<Vec<Order>>) -> u64 {
+impl quick_cache::Weighter<Uuid, Arc<Vec<Order>>> for OrderBytes {
+    fn weight(&self, _key: &Uuid, orders: &Arc<Vec<Order>>) -> u64 {
         let items: usize = orders.iter().map(|o| o.items.len()).sum();
         (100 + orders.len() * 200 + items * 100) as u64
     }
@@ -261,7 +264,7 @@ impl quick_cache::Weighter<Uuid, std::sync::Arc<Vec<Order>>> for OrderBytes {
 
 impl OrdersCache {
     /// At most `max_bytes` (estimated); 0 turns it off.
-    pub fn new(max_bytes: u64, hearing: std::sync::Arc<crate::db::notifications::Hearing>) -> Self {
+    pub fn new(max_bytes: u64, hearing: Arc<Hearing>) -> Self {
         Self {
             entries: (max_bytes > 0).then(|| {
                 quick_cache::sync::Cache::with_weighter(
@@ -271,7 +274,7 @@ impl OrdersCache {
                 )
             }),
             hearing,
-            epoch: Default::default(),
+            generation: Generation::default(),
         }
     }
 
@@ -280,17 +283,16 @@ impl OrdersCache {
         &self,
         pool: &PgPool,
         user_id: Uuid,
-    ) -> Result<std::sync::Arc<Vec<Order>>, sqlx::Error> {
-        use std::sync::atomic::Ordering;
+    ) -> Result<Arc<Vec<Order>>, sqlx::Error> {
         let entries = self.entries.as_ref().filter(|_| self.hearing.usable());
         if let Some(hit) = entries.and_then(|e| e.get(&user_id)) {
             return Ok(hit);
         }
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let orders = std::sync::Arc::new(for_user(pool, user_id, None).await?);
+        let start = self.generation.current();
+        let orders = Arc::new(for_user(pool, user_id, None).await?);
         if let Some(entries) = entries
             && self.hearing.usable()
-            && self.epoch.load(Ordering::Acquire) == epoch
+            && self.generation.unchanged_since(start)
         {
             entries.insert(user_id, orders.clone());
         }
@@ -298,19 +300,19 @@ impl OrdersCache {
     }
 }
 
-impl crate::db::notifications::Subscriber for OrdersCache {
+impl Subscriber for OrdersCache {
     fn notified(&self, channel: &str, payload: &str) {
-        if channel != crate::db::notifications::ORDERS {
+        if channel != ORDERS {
             return;
         }
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.generation.advance();
         if let (Some(entries), Ok(user_id)) = (&self.entries, Uuid::parse_str(payload)) {
             entries.remove(&user_id);
         }
     }
 
     fn flush(&self) {
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.generation.advance();
         if let Some(entries) = &self.entries {
             entries.clear();
         }
