@@ -65,6 +65,26 @@ fn two_instances_settings(s: &mut storefront::configuration::Settings) {
     s.database.max_connections = 4;
 }
 
+/// Two instances of one deployment on one database, both listening; `second` adjusts the
+/// second one's settings. Cancel the token to stop their listeners.
+async fn two_listening_instances(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+    second: impl FnOnce(&mut storefront::configuration::Settings),
+) -> (TestApp, TestApp, CancellationToken) {
+    let one = spawn_app_with(opts.clone(), db.clone(), two_instances_settings).await;
+    let two = spawn_app_with_idp(opts, db, one.idp.clone(), |s| {
+        two_instances_settings(s);
+        same_secrets(s, &one);
+        second(s);
+    })
+    .await;
+    let stop = CancellationToken::new();
+    listening(&one, &stop).await;
+    listening(&two, &stop).await;
+    (one, two, stop)
+}
+
 #[sqlx::test]
 async fn a_steady_page_view_needs_no_query(opts: PgPoolOptions, db: PgConnectOptions) {
     // The request pool goes through a proxy the test can cut; the listener does not.
@@ -151,16 +171,7 @@ async fn every_ending_reaches_the_other_instance_within_a_second(
     opts: PgPoolOptions,
     db: PgConnectOptions,
 ) {
-    let one = spawn_app_with(opts.clone(), db.clone(), two_instances_settings).await;
-    let two = spawn_app_with_idp(opts, db, one.idp.clone(), |s| {
-        two_instances_settings(s);
-        same_secrets(s, &one);
-        s.session.max_per_user = 1;
-    })
-    .await;
-    let stop = CancellationToken::new();
-    listening(&one, &stop).await;
-    listening(&two, &stop).await;
+    let (one, two, stop) = two_listening_instances(opts, db, |s| s.session.max_per_user = 1).await;
     let mut taken = Vec::new();
     for case in [
         "logout",
@@ -346,16 +357,8 @@ async fn an_order_placed_anywhere_shows_in_the_cached_list_within_a_second(
     opts: PgPoolOptions,
     db: PgConnectOptions,
 ) {
-    let one = spawn_app_with(opts.clone(), db.clone(), two_instances_settings).await;
-    let two = spawn_app_with_idp(opts, db, one.idp.clone(), |s| {
-        two_instances_settings(s);
-        same_secrets(s, &one);
-    })
-    .await;
+    let (one, two, stop) = two_listening_instances(opts, db, |_| {}).await;
     storefront::shop::demo::load(&one.pool).await.unwrap();
-    let stop = CancellationToken::new();
-    listening(&one, &stop).await;
-    listening(&two, &stop).await;
     let cookie = session_cookie(&one.login_as("alice").await);
     let list = || async {
         reqwest::Client::new()

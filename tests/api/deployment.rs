@@ -28,9 +28,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn script(&self, args: &[&str]) -> String {
+    /// `deploy/cluster.sh ARGS` for this test's topology.
+    fn command(&self, args: &[&str]) -> Command {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let output = Command::new("bash")
+        let mut command = Command::new("bash");
+        command
             .arg(root.join("deploy/cluster.sh"))
             .args(args)
             .env("CLUSTER_DIR", &self.dir)
@@ -39,9 +41,12 @@ impl Cluster {
             .env("OIDC_ISSUER", &self.issuer)
             .env("OIDC_CLIENT_ID", CLIENT_ID)
             .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
-            .env("STOREFRONT_ENV_FILE", &self.env_file)
-            .output()
-            .expect("bash runs");
+            .env("STOREFRONT_ENV_FILE", &self.env_file);
+        command
+    }
+
+    fn script(&self, args: &[&str]) -> String {
+        let output = self.command(args).output().expect("bash runs");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -57,18 +62,23 @@ impl Cluster {
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{BASE}{path}")
     }
+
+    /// The shop's database through the primary route, as a DBA would reach it.
+    async fn database(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&format!(
+                "postgres://postgres@127.0.0.1:{}/storefront",
+                BASE + 10
+            ))
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let _ = Command::new("bash")
-            .arg(root.join("deploy/cluster.sh"))
-            .arg("destroy")
-            .env("CLUSTER_DIR", &self.dir)
-            .env("CLUSTER_PORT_BASE", BASE.to_string())
-            .env("STOREFRONT_BIN", env!("CARGO_BIN_EXE_storefront"))
-            .output();
+        let _ = self.command(&["destroy"]).output();
     }
 }
 
@@ -320,15 +330,7 @@ async fn the_deployment_survives_a_primary_failover_and_a_rolling_deploy() {
     let started = Instant::now();
     cluster.script(&["start"]);
     println!("topology up in {:.1} s", started.elapsed().as_secs_f64());
-    // The test reads and checks the database through the primary route, as a DBA would.
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&format!(
-            "postgres://postgres@127.0.0.1:{}/storefront",
-            BASE + 10
-        ))
-        .await
-        .unwrap();
+    let db = cluster.database().await;
     sqlx::query("UPDATE products SET stock = 1000000")
         .execute(&db)
         .await
@@ -406,14 +408,7 @@ async fn the_deployment_survives_a_primary_failover_and_a_rolling_deploy() {
     );
 
     // Afterwards: everyone still logged in, nothing acknowledged lost, no token used twice.
-    let db = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&format!(
-            "postgres://postgres@127.0.0.1:{}/storefront",
-            BASE + 10
-        ))
-        .await
-        .unwrap();
+    let db = cluster.database().await;
     for shopper in &shoppers {
         shopper.assert_logged_in(&cluster).await;
         for order in &shopper.acked_orders {
