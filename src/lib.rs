@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod net;
+pub mod rate_limit;
 pub mod routes;
 pub mod session;
 pub mod shop;

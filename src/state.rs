@@ -15,7 +15,7 @@ use crate::crypto::TokenCipher;
 use crate::db::notifications::Hearing;
 use crate::metrics::Metrics;
 use crate::net::TrustedProxies;
-use crate::routes::rate_limit::RateLimits;
+use crate::rate_limit::RateLimits;
 use crate::session::cache::SessionCache;
 use crate::session::csrf::CsrfKey;
 use crate::shop::catalogue::CatalogueCache;

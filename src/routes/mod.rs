@@ -9,7 +9,6 @@ pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod page;
-pub mod rate_limit;
 pub mod request_span;
 pub mod respond;
 pub mod security;
@@ -18,9 +17,9 @@ pub mod shop;
 use actix_web::web;
 
 use crate::error::AppError;
+use crate::rate_limit::RateLimits;
 use crate::session::TypedSession;
 use crate::state::State;
-use rate_limit::RateLimits;
 
 pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bool) {
     if baseline {

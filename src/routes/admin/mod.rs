@@ -17,9 +17,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::identity::{Admin, return_path};
-use super::rate_limit::RateLimits;
 use crate::auth::is_admin;
 use crate::error::AppError;
+use crate::rate_limit::RateLimits;
 use crate::routes::page::relative;
 use crate::session::TypedSession;
 use crate::state::State;
