@@ -19,39 +19,23 @@ use crate::db::notifications::{Generation, Hearing, SESSIONS, Subscriber};
 
 pub type KeyHash = [u8; 32];
 
-/// One session as loaded, kept compact (a hundred thousand of them fit in a few tens of
-/// MiB): times as milliseconds, strings boxed, an empty state and an anonymous session without
-/// any allocation of their own.
+/// One session as loaded, in one allocation: its fields encoded into a byte string (times as
+/// milliseconds, strings length-prefixed), so a hundred thousand logged-in sessions cost a few
+/// hundred bytes each and cloning one out of the cache is a reference count.
 #[derive(Debug, Clone)]
 pub struct CachedSession {
-    pub session_id: Uuid,
-    /// The persisted state (without the store's own entries); `None` when empty.
-    state: Option<CompactState>,
-    pub version: i64,
-    auth: Option<Box<CompactAuth>>,
-    last_seen: i64,
-    expires: i64,
-    absolute_expires: i64,
-    bytes: u32,
+    bytes: Arc<[u8]>,
 }
 
-/// A session's state entries, boxed to their size.
-type CompactState = Box<[(Box<str>, Box<str>)]>;
-
-#[derive(Debug, Clone)]
-struct CompactAuth {
-    user_id: Uuid,
-    token_id: Uuid,
-    subject: Box<str>,
-    email: Option<Box<str>>,
-    name: Option<Box<str>>,
-    groups: Box<[Box<str>]>,
-    access_expires: i64,
-    auth_time: Option<i64>,
-    acr: Option<Box<str>>,
-    refresh_status: RefreshStatus,
-    email_verified: bool,
-}
+// The fixed head of the encoding: session id, version, last seen, idle and absolute expiry.
+const SESSION_ID: usize = 0;
+const VERSION: usize = 16;
+const LAST_SEEN: usize = 24;
+const EXPIRES: usize = 32;
+const ABSOLUTE_EXPIRES: usize = 40;
+const HEAD: usize = 48;
+/// Written for an absent time.
+const NO_TIME: i64 = i64::MIN;
 
 fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
@@ -59,6 +43,89 @@ fn millis(at: DateTime<Utc>) -> i64 {
 
 fn time(millis: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(millis).unwrap_or_default()
+}
+
+/// Appends the fields of the encoding.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn len(&mut self, mut n: usize) {
+        // LEB128: one byte below 128.
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                self.0.push(byte);
+                return;
+            }
+            self.0.push(byte | 0x80);
+        }
+    }
+
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    /// An absent string is length 0, a present one its length plus one.
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            None => self.len(0),
+            Some(s) => {
+                self.len(s.len() + 1);
+                self.0.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+
+    fn i64(&mut self, n: i64) {
+        self.0.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+/// Reads the encoding back; it was written by [`Writer`] in this process, so a short read is a
+/// bug and panics.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        head
+    }
+
+    fn len(&mut self) -> usize {
+        let mut n = 0;
+        let mut shift = 0;
+        loop {
+            let byte = self.take(1)[0];
+            n |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return n;
+            }
+            shift += 7;
+        }
+    }
+
+    fn str(&mut self) -> &'a str {
+        let n = self.len();
+        std::str::from_utf8(self.take(n)).expect("written from a str")
+    }
+
+    fn opt_str(&mut self) -> Option<&'a str> {
+        match self.len() {
+            0 => None,
+            n => Some(std::str::from_utf8(self.take(n - 1)).expect("written from a str")),
+        }
+    }
+
+    fn i64(&mut self) -> i64 {
+        i64::from_le_bytes(self.take(8).try_into().expect("eight bytes"))
+    }
+
+    fn uuid(&mut self) -> Uuid {
+        Uuid::from_bytes(self.take(16).try_into().expect("sixteen bytes"))
+    }
 }
 
 impl CachedSession {
@@ -71,96 +138,139 @@ impl CachedSession {
         expires_at: DateTime<Utc>,
         absolute_expires_at: DateTime<Utc>,
     ) -> Self {
-        let state: Option<CompactState> = (!state.is_empty()).then(|| {
-            state
-                .into_iter()
-                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-                .collect()
-        });
-        let auth = auth.map(|a| {
-            Box::new(CompactAuth {
-                user_id: a.user_id,
-                token_id: a.token_id,
-                subject: a.subject.into_boxed_str(),
-                email: a.email.map(String::into_boxed_str),
-                name: a.name.map(String::into_boxed_str),
-                groups: a.groups.into_iter().map(String::into_boxed_str).collect(),
-                access_expires: millis(a.access_expires_at),
-                auth_time: a.auth_time.map(millis),
-                acr: a.acr.map(String::into_boxed_str),
-                refresh_status: a.refresh_status,
-                email_verified: a.email_verified,
-            })
-        });
-        let bytes =
-            120 + state.as_ref().map_or(0, |s| {
-                s.iter().map(|(k, v)| 48 + k.len() + v.len()).sum::<usize>()
-            }) + auth.as_ref().map_or(0, |a| {
-                160 + a.subject.len()
-                    + a.email.as_ref().map_or(0, |e| 16 + e.len())
-                    + a.name.as_ref().map_or(0, |n| 16 + n.len())
-                    + a.groups.iter().map(|g| 32 + g.len()).sum::<usize>()
-            });
-        Self {
-            session_id,
-            state,
-            version,
-            auth,
-            last_seen: millis(last_seen_at),
-            expires: millis(expires_at),
-            absolute_expires: millis(absolute_expires_at),
-            bytes: bytes.min(u32::MAX as usize) as u32,
+        let mut w = Writer(Vec::with_capacity(128));
+        w.0.extend_from_slice(session_id.as_bytes());
+        w.i64(version);
+        w.i64(millis(last_seen_at));
+        w.i64(millis(expires_at));
+        w.i64(millis(absolute_expires_at));
+        match auth {
+            None => w.0.push(0),
+            Some(a) => {
+                w.0.push(1);
+                w.0.extend_from_slice(a.user_id.as_bytes());
+                w.0.extend_from_slice(a.token_id.as_bytes());
+                w.i64(millis(a.access_expires_at));
+                w.i64(a.auth_time.map_or(NO_TIME, millis));
+                w.0.push(
+                    RefreshStatus::ALL
+                        .iter()
+                        .position(|s| *s == a.refresh_status)
+                        .unwrap_or_default() as u8,
+                );
+                w.0.push(u8::from(a.email_verified));
+                w.str(&a.subject);
+                w.opt_str(a.email.as_deref());
+                w.opt_str(a.name.as_deref());
+                w.opt_str(a.acr.as_deref());
+                w.len(a.groups.len());
+                for group in &a.groups {
+                    w.str(group);
+                }
+            }
         }
+        w.len(state.len());
+        for (k, v) in &state {
+            w.str(k);
+            w.str(v);
+        }
+        Self {
+            bytes: Arc::from(w.0),
+        }
+    }
+
+    fn at(&self, offset: usize) -> i64 {
+        Reader(&self.bytes[offset..]).i64()
+    }
+
+    pub fn session_id(&self) -> Uuid {
+        Reader(&self.bytes[SESSION_ID..]).uuid()
+    }
+
+    pub fn version(&self) -> i64 {
+        self.at(VERSION)
+    }
+
+    /// The login and user, if logged in, and the reader placed at the state.
+    fn read_auth(&self) -> (Option<AuthState>, Reader<'_>) {
+        let mut r = Reader(&self.bytes[HEAD..]);
+        if r.take(1)[0] == 0 {
+            return (None, r);
+        }
+        let user_id = r.uuid();
+        let token_id = r.uuid();
+        let access_expires_at = time(r.i64());
+        let auth_time = Some(r.i64()).filter(|t| *t != NO_TIME).map(time);
+        let refresh_status = RefreshStatus::ALL
+            .get(usize::from(r.take(1)[0]))
+            .copied()
+            .unwrap_or(RefreshStatus::Ok);
+        let email_verified = r.take(1)[0] == 1;
+        let subject = r.str().to_owned();
+        let email = r.opt_str().map(str::to_owned);
+        let name = r.opt_str().map(str::to_owned);
+        let acr = r.opt_str().map(str::to_owned);
+        let groups = (0..r.len()).map(|_| r.str().to_owned()).collect();
+        let auth = AuthState {
+            user_id,
+            token_id,
+            subject,
+            email,
+            email_verified,
+            name,
+            groups,
+            access_expires_at,
+            refresh_status,
+            auth_time,
+            acr,
+        };
+        (Some(auth), r)
     }
 
     /// The persisted state, as the store hands it to a request.
     pub fn state(&self) -> HashMap<String, String> {
-        self.state
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+        let (_, mut r) = self.read_auth();
+        (0..r.len())
+            .map(|_| (r.str().to_owned(), r.str().to_owned()))
             .collect()
     }
 
     /// The login and user, if logged in.
     pub fn auth(&self) -> Option<AuthState> {
-        let a = self.auth.as_ref()?;
-        Some(AuthState {
-            user_id: a.user_id,
-            token_id: a.token_id,
-            subject: a.subject.to_string(),
-            email: a.email.as_deref().map(str::to_owned),
-            email_verified: a.email_verified,
-            name: a.name.as_deref().map(str::to_owned),
-            groups: a.groups.iter().map(|g| g.to_string()).collect(),
-            access_expires_at: time(a.access_expires),
-            refresh_status: a.refresh_status,
-            auth_time: a.auth_time.map(time),
-            acr: a.acr.as_deref().map(str::to_owned),
-        })
+        self.read_auth().0
     }
 
     pub fn last_seen_at(&self) -> DateTime<Utc> {
-        time(self.last_seen)
+        time(self.at(LAST_SEEN))
     }
 
     /// The same session, used now: idle expiry pushed forward (never past the absolute one).
     pub fn touched(&self, idle: chrono::Duration) -> Self {
         let now = Utc::now();
-        let mut touched = self.clone();
-        touched.last_seen = millis(now);
-        touched.expires = millis(now + idle).min(self.absolute_expires);
-        touched
+        let mut bytes = self.bytes.to_vec();
+        let expires = millis(now + idle).min(self.at(ABSOLUTE_EXPIRES));
+        bytes[LAST_SEEN..LAST_SEEN + 8].copy_from_slice(&millis(now).to_le_bytes());
+        bytes[EXPIRES..EXPIRES + 8].copy_from_slice(&expires.to_le_bytes());
+        Self {
+            bytes: Arc::from(bytes),
+        }
     }
 
     fn live(&self, now: DateTime<Utc>) -> bool {
         let now = millis(now);
-        self.expires > now && self.absolute_expires > now
+        self.at(EXPIRES) > now && self.at(ABSOLUTE_EXPIRES) > now
+    }
+
+    /// What it costs to hold: the encoding, the reference counts and the cache's slot.
+    fn weight(&self) -> u64 {
+        self.bytes.len() as u64 + 16 + 64
     }
 
     #[cfg(test)]
     fn expire_now(&mut self) {
-        self.expires = millis(Utc::now()) - 1000;
+        let mut bytes = self.bytes.to_vec();
+        bytes[EXPIRES..EXPIRES + 8].copy_from_slice(&(millis(Utc::now()) - 1000).to_le_bytes());
+        self.bytes = Arc::from(bytes);
     }
 }
 
@@ -171,14 +281,14 @@ struct Bytes {
     floor: u64,
 }
 
-impl Weighter<KeyHash, Arc<CachedSession>> for Bytes {
-    fn weight(&self, _key: &KeyHash, value: &Arc<CachedSession>) -> u64 {
-        u64::from(value.bytes).max(self.floor)
+impl Weighter<KeyHash, CachedSession> for Bytes {
+    fn weight(&self, _key: &KeyHash, value: &CachedSession) -> u64 {
+        value.weight().max(self.floor)
     }
 }
 
 pub struct SessionCache {
-    entries: Option<Cache<KeyHash, Arc<CachedSession>, Bytes>>,
+    entries: Option<Cache<KeyHash, CachedSession, Bytes>>,
     hearing: Arc<Hearing>,
     /// Advanced by every notification and flush: a load that began before may not insert.
     generation: Generation,
@@ -203,12 +313,12 @@ impl SessionCache {
         Self::new(0, 0, Arc::new(Hearing::default()))
     }
 
-    fn usable(&self) -> Option<&Cache<KeyHash, Arc<CachedSession>, Bytes>> {
+    fn usable(&self) -> Option<&Cache<KeyHash, CachedSession, Bytes>> {
         self.entries.as_ref().filter(|_| self.hearing.usable())
     }
 
     /// The live session under `key`, if this instance may trust its memory of it.
-    pub fn get(&self, key: &KeyHash) -> Option<Arc<CachedSession>> {
+    pub fn get(&self, key: &KeyHash) -> Option<CachedSession> {
         let hit = self.usable()?.get(key)?;
         hit.live(Utc::now()).then_some(hit)
     }
@@ -222,7 +332,7 @@ impl SessionCache {
     pub fn put(&self, key: KeyHash, session: CachedSession, epoch: u64) {
         let Some(entries) = self.usable() else { return };
         if self.generation.unchanged_since(epoch) {
-            entries.insert(key, Arc::new(session));
+            entries.insert(key, session);
         }
     }
 
@@ -231,7 +341,7 @@ impl SessionCache {
         if let Some(entries) = self.usable()
             && entries.get(&key).is_some()
         {
-            entries.insert(key, Arc::new(session));
+            entries.insert(key, session);
         }
     }
 
@@ -270,7 +380,7 @@ impl Subscriber for SessionCache {
         match what.parse::<i64>() {
             // A content change: what we hold is stale unless it is that version or newer.
             Ok(version) => {
-                if entries.get(&key).is_some_and(|e| e.version < version) {
+                if entries.get(&key).is_some_and(|e| e.version() < version) {
                     entries.remove(&key);
                 }
             }
@@ -327,6 +437,58 @@ mod tests {
 
     fn hex(key: &KeyHash) -> String {
         key.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_session_reads_back_as_it_was_kept() {
+        let now = DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap();
+        let auth = AuthState {
+            user_id: Uuid::new_v4(),
+            token_id: Uuid::new_v4(),
+            subject: "s".repeat(300),
+            email: Some("zoë@example.com".into()),
+            email_verified: true,
+            name: None,
+            groups: vec!["admins".into(), String::new(), "ß".repeat(70)],
+            access_expires_at: now + chrono::Duration::minutes(5),
+            refresh_status: RefreshStatus::NeedsLogin,
+            auth_time: None,
+            acr: Some(String::new()),
+        };
+        let state = HashMap::from([
+            ("cart".to_owned(), "[1,2]".to_owned()),
+            (String::new(), "x".repeat(20_000)),
+        ]);
+        let id = Uuid::new_v4();
+        let kept = CachedSession::new(
+            id,
+            state.clone(),
+            i64::MAX,
+            Some(auth.clone()),
+            now - chrono::Duration::minutes(2),
+            now + chrono::Duration::minutes(28),
+            now + chrono::Duration::minutes(30),
+        );
+        assert_eq!(kept.session_id(), id);
+        assert_eq!(kept.version(), i64::MAX);
+        assert_eq!(kept.state(), state);
+        assert_eq!(
+            serde_json::to_value(kept.auth().unwrap()).unwrap(),
+            serde_json::to_value(&auth).unwrap()
+        );
+        assert_eq!(kept.last_seen_at(), now - chrono::Duration::minutes(2));
+        let touched = kept.touched(chrono::Duration::hours(1));
+        assert!(touched.last_seen_at() > kept.last_seen_at());
+        assert_eq!(
+            touched.at(EXPIRES),
+            kept.at(ABSOLUTE_EXPIRES),
+            "not past the absolute expiry"
+        );
+        assert_eq!(touched.state(), state);
+
+        let anonymous = CachedSession::new(id, HashMap::new(), 1, None, now, now, now);
+        assert!(anonymous.auth().is_none());
+        assert!(anonymous.state().is_empty());
     }
 
     #[test]
@@ -387,5 +549,59 @@ mod tests {
         }
         assert!(cache.len() <= 1_000, "{}", cache.len());
         assert!(cache.weight() <= 1_000 * 1024);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod footprint {
+    use super::*;
+
+    fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    #[test]
+    #[ignore = "measures memory; run alone"]
+    fn bytes_per_cached_login() {
+        let hearing = Arc::new(Hearing::default());
+        hearing.set_usable_for_tests();
+        let cache = SessionCache::new(100_000, 64 << 20, hearing);
+        let before = resident_bytes();
+        let now = Utc::now();
+        for i in 0..100_000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            let auth = AuthState {
+                user_id: Uuid::new_v4(),
+                token_id: Uuid::new_v4(),
+                subject: format!("synthetic-{i}"),
+                email: Some(format!("synthetic-{i}@example.com")),
+                email_verified: false,
+                name: Some(format!("Synthetic Shopper {i}")),
+                groups: vec![],
+                access_expires_at: now,
+                refresh_status: RefreshStatus::Ok,
+                auth_time: Some(now),
+                acr: None,
+            };
+            let session = CachedSession::new(
+                Uuid::new_v4(),
+                HashMap::new(),
+                1,
+                Some(auth),
+                now,
+                now + chrono::Duration::hours(1),
+                now + chrono::Duration::hours(2),
+            );
+            cache.put(key, session, cache.epoch());
+        }
+        let after = resident_bytes();
+        eprintln!(
+            "{} entries, {} bytes each",
+            cache.len(),
+            (after - before) / cache.len() as u64
+        );
     }
 }

@@ -108,7 +108,7 @@ impl PgSessionStore {
     fn state_of(cached: &CachedSession) -> Result<State, serde_json::Error> {
         let mut state = cached.state();
         state.insert(BASE_KEY.to_owned(), serde_json::to_string(&state)?);
-        state.insert(VERSION_KEY.to_owned(), cached.version.to_string());
+        state.insert(VERSION_KEY.to_owned(), cached.version().to_string());
         if let Some(auth) = cached.auth() {
             state.insert(AUTH_KEY.to_owned(), serde_json::to_string(&auth)?);
         }
@@ -394,7 +394,7 @@ impl SessionStore for PgSessionStore {
         // Steady state: from memory, while this instance hears Postgres' notifications.
         if let Some(cached) = self.cache.get(&key) {
             if chrono::Utc::now() - cached.last_seen_at() > self.touch_interval() {
-                self.touch(cached.session_id)
+                self.touch(cached.session_id())
                     .await
                     .map_err(|e| LoadError::Other(classify(e)))?;
                 self.cache.replace(key, cached.touched(self.idle()));
