@@ -11,6 +11,11 @@ const FIXED = new Map([
   ['carol', {
     password: 'carol-password', name: 'Carol Customer', email: 'carol@example.com', groups: [],
   }],
+  // Claims alice's address without having proved it (email_verified: false).
+  ['mallory', {
+    password: 'mallory-password', name: 'Mallory', email: 'alice@example.com', groups: [],
+    emailVerified: false,
+  }],
 ]);
 
 // user<N> for load tests: N is 1-9 decimal digits without a leading zero
@@ -55,7 +60,7 @@ export function allClaims(sub) {
     name: user.name,
     preferred_username: user.username,
     email: user.email,
-    email_verified: true,
+    email_verified: user.emailVerified ?? true,
     groups: [...user.groups],
   };
 }

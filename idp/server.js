@@ -78,6 +78,17 @@ const TEST_ENDPOINTS = boolEnv('IDP_TEST_ENDPOINTS', env.NODE_ENV !== 'productio
 const AUTO_CONSENT = boolEnv('IDP_AUTO_CONSENT', true);
 const LOG_REQUESTS = boolEnv('IDP_LOG_REQUESTS', true);
 const TRUST_PROXY = boolEnv('IDP_TRUST_PROXY', false);
+// How the client authenticates: client_secret_basic (which also accepts
+// client_secret_post) or private_key_jwt, with its public keys fetched from
+// IDP_CLIENT_JWKS_URI (the shop's /.well-known/jwks.json).
+const CLIENT_AUTH = env.IDP_CLIENT_AUTH?.trim() || 'client_secret_basic';
+const CLIENT_JWKS_URI = env.IDP_CLIENT_JWKS_URI?.trim() || '';
+// Refuse authorization requests that were not pushed first (RFC 9126).
+const REQUIRE_PAR = boolEnv('IDP_REQUIRE_PAR', false);
+if (!['client_secret_basic', 'private_key_jwt'].includes(CLIENT_AUTH)) {
+  fail(`IDP_CLIENT_AUTH must be client_secret_basic or private_key_jwt, got ${JSON.stringify(CLIENT_AUTH)}`);
+}
+if (CLIENT_AUTH === 'private_key_jwt') checkUrl('IDP_CLIENT_JWKS_URI', CLIENT_JWKS_URI);
 
 if (REDIRECT_URIS.length === 0) fail('IDP_REDIRECT_URIS must list at least one URI');
 REDIRECT_URIS.forEach((u) => checkUrl('IDP_REDIRECT_URIS', u));
@@ -196,12 +207,19 @@ const store = new MemoryStore();
 
 const client = {
   client_id: CLIENT_ID,
-  client_secret: CLIENT_SECRET,
   client_name: 'Storefront',
   application_type: 'web',
-  // oidc-provider accepts client_secret_post too for a client registered
-  // with client_secret_basic (both are "client secret" methods).
-  token_endpoint_auth_method: 'client_secret_basic',
+  ...(CLIENT_AUTH === 'private_key_jwt' ? {
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'RS256',
+    jwks_uri: CLIENT_JWKS_URI,
+  } : {
+    client_secret: CLIENT_SECRET,
+    // oidc-provider accepts client_secret_post too for a client registered
+    // with client_secret_basic (both are "client secret" methods).
+    token_endpoint_auth_method: 'client_secret_basic',
+  }),
+  ...(REQUIRE_PAR ? { require_pushed_authorization_requests: true } : {}),
   grant_types: ['authorization_code', 'refresh_token'],
   response_types: ['code'],
   redirect_uris: REDIRECT_URIS,
@@ -226,7 +244,7 @@ const configuration = {
   // Claims of the granted scopes go into the ID token as well (not only
   // into the userinfo response).
   conformIdTokenClaims: false,
-  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   pkce: {
     // v9 requires PKCE only for public clients by default; require it for
     // every client (S256 is the only method v9 supports).
@@ -249,6 +267,10 @@ const configuration = {
   },
   features: {
     devInteractions: { enabled: false },
+    pushedAuthorizationRequests: {
+      enabled: true,
+      requirePushedAuthorizationRequests: REQUIRE_PAR,
+    },
     revocation: {
       enabled: true,
       allowedPolicy: async (_ctx, c, token) => token.clientId === c.clientId,

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
-use crate::auth::oidc::Oidc;
+use crate::auth::oidc::Providers;
 use crate::auth::refresh::{Refresher, RefresherPools};
 use crate::auth::revocation::Revoker;
 use crate::configuration::Settings;
@@ -65,19 +65,17 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let tera = crate::templates::load(&settings.server.templates_dir)?;
-        let oidc = Arc::new(Oidc::new(&settings)?);
-        // One attempt now; if the provider is down the shop starts anyway and
+        let providers = Arc::new(Providers::new(&settings)?);
+        // One attempt now; if a provider is down the shop starts anyway and
         // `spawn_background_tasks` keeps trying.
-        if let Err(e) = oidc.discover().await {
-            tracing::warn!(error = %e, "OpenID provider unreachable at start-up; public pages only until it answers");
-        }
+        providers.discover_all().await;
         let cipher = Arc::new(TokenCipher::new(settings.tokens.keys()));
         let metrics = Arc::new(Metrics::new());
         let background_pool = crate::db::background_pool(&pool);
         let revoker = Arc::new(Revoker::new(
             background_pool.clone(),
             cipher.clone(),
-            oidc.clone(),
+            providers.clone(),
         ));
         let refresher = Arc::new(Refresher::new(
             RefresherPools {
@@ -85,7 +83,7 @@ impl Application {
                 background: background_pool.clone(),
             },
             cipher.clone(),
-            oidc.clone(),
+            providers.clone(),
             revoker.clone(),
             settings.refresh.clone(),
             metrics.refresh_metrics(),
@@ -108,7 +106,7 @@ impl Application {
             pool,
             background_pool,
             tera,
-            oidc,
+            providers,
             cipher,
             refresher,
             revoker,
@@ -157,11 +155,11 @@ impl Application {
         stop: CancellationToken,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let s = &self.state.settings;
-        let oidc = self.state.oidc.clone();
+        let providers = self.state.providers.clone();
         let retry = Duration::from_secs(s.oidc.discovery_retry_secs.max(1));
         let discovery_stop = stop.clone();
         let mut tasks = vec![
-            tokio::spawn(async move { oidc.discover_until_ready(retry, discovery_stop).await }),
+            tokio::spawn(providers.discover_until_ready(retry, discovery_stop)),
             tokio::spawn(crate::session::cleanup::run_until_stopped(
                 self.state.background_pool.clone(),
                 self.state.cipher.clone(),

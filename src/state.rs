@@ -7,7 +7,7 @@ use actix_web::web;
 use sqlx::PgPool;
 use tera::Tera;
 
-use crate::auth::oidc::Oidc;
+use crate::auth::oidc::Providers;
 use crate::auth::refresh::Refresher;
 use crate::auth::revocation::Revoker;
 use crate::configuration::Settings;
@@ -29,7 +29,8 @@ pub struct AppState {
     /// outlive the HTTP workers, which stop first on shutdown.
     pub background_pool: PgPool,
     pub tera: Tera,
-    pub oidc: Arc<Oidc>,
+    /// Every configured OpenID provider's client.
+    pub providers: Arc<Providers>,
     pub cipher: Arc<TokenCipher>,
     pub refresher: Arc<Refresher>,
     /// Sends the revocation outbox; nudged whenever a request ends a login.

@@ -71,6 +71,8 @@ pub struct SessionRow {
     pub session_id: Uuid,
     pub user_id: Uuid,
     pub subject: String,
+    /// The provider the session signed in with.
+    pub issuer: String,
     pub email: Option<String>,
     pub name: Option<String>,
     pub provider_sid: Option<String>,
@@ -106,7 +108,7 @@ pub struct SessionPage {
 
 /// The columns of [`SessionRow`]: a logged-in session with its login.
 const SESSION_ROWS: &str = r#"
-    SELECT s.session_id, l.user_id, l.subject, l.email, l.name, l.provider_sid,
+    SELECT s.session_id, l.user_id, l.subject, l.issuer, l.email, l.name, l.provider_sid,
            s.created_at, s.last_seen_at, host(s.ip) AS ip, s.user_agent,
            l.access_expires_at, l.refresh_status, l.failure_count, l.last_refreshed_at
     FROM sessions s

@@ -18,6 +18,9 @@ pub struct PendingLogin {
     /// recent (seconds), and its `acr` one of the values asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_up: Option<StepUp>,
+    /// The provider it went to (`[[oidc.providers]] id`; empty: the first).
+    #[serde(default)]
+    pub provider: String,
 }
 
 /// What a step-up login asked the provider for (`max_age`, `acr_values`).
@@ -34,6 +37,9 @@ pub struct AuthState {
     pub user_id: Uuid,
     pub token_id: Uuid,
     pub subject: String,
+    /// The provider the person signed in with (its issuer).
+    #[serde(default)]
+    pub issuer: String,
     pub email: Option<String>,
     /// The provider vouches for `email`.
     #[serde(default)]

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::oidc::{Oidc, OidcError};
+use crate::auth::oidc::{OidcError, Providers};
 use crate::auth::tokens::{self, QueuedRevocation};
 use crate::crypto::TokenCipher;
 
@@ -32,7 +32,7 @@ const BACKOFF_MAX_SECS: f64 = 3600.0;
 pub struct Revoker {
     pool: PgPool,
     cipher: Arc<TokenCipher>,
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     wake: Notify,
 }
 
@@ -45,11 +45,11 @@ pub struct SendReport {
 }
 
 impl Revoker {
-    pub fn new(pool: PgPool, cipher: Arc<TokenCipher>, oidc: Arc<Oidc>) -> Self {
+    pub fn new(pool: PgPool, cipher: Arc<TokenCipher>, providers: Arc<Providers>) -> Self {
         Self {
             pool,
             cipher,
-            oidc,
+            providers,
             wake: Notify::new(),
         }
     }
@@ -85,7 +85,7 @@ impl Revoker {
                 tracing::warn!(error = %e, revocation_id = %id, "Cannot decrypt a queued revocation (its key is gone); dropped");
                 Outcome::Dropped
             }
-            Ok(token) => match self.oidc.revoke(&token, &queued.token_type).await {
+            Ok(token) => match self.revoke(queued, &token).await {
                 Ok(()) => Outcome::Sent,
                 Err(e @ (OidcError::Refused { .. } | OidcError::InvalidToken(_))) => {
                     tracing::warn!(error = %e, revocation_id = %id, reason = %queued.reason, "The provider refused a revocation; dropped");
@@ -112,6 +112,22 @@ impl Revoker {
             tracing::warn!(error = %e, revocation_id = %id, "Cannot remove a sent revocation; it may be sent again");
         }
         outcome
+    }
+
+    /// Sends one revocation to the provider of its login.
+    async fn revoke(
+        &self,
+        queued: &QueuedRevocation,
+        token: &secrecy::SecretString,
+    ) -> Result<(), OidcError> {
+        match self.providers.of_login(queued.issuer.as_deref()) {
+            Some(oidc) => oidc.revoke(token, &queued.token_type).await,
+            // Its provider is no longer configured: nowhere to send it.
+            None => Err(OidcError::Refused {
+                error: "no configured provider has this login's issuer".into(),
+                description: None,
+            }),
+        }
     }
 
     /// Every [`SCAN_EVERY`], or at once when nudged, until `stop` is cancelled. What is still

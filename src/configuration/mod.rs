@@ -8,11 +8,11 @@ mod sections;
 mod values;
 
 pub use sections::{
-    AdminSettings, Cadence, CheckoutSettings, DatabaseSettings, MetricsSettings, OidcSettings,
-    Pooler, RateLimitSettings, RefreshSettings, ServerSettings, SessionSettings, TokenKey,
-    TokenSettings,
+    AdminSettings, Cadence, CheckoutSettings, DatabaseSettings, MetricsSettings, OidcSettings, Par,
+    Pooler, ProviderEntry, ProviderSettings, RateLimitSettings, RefreshSettings, ServerSettings,
+    SessionSettings, TokenEndpointAuthMethod, TokenKey, TokenSettings,
 };
-pub use values::{AesKey, CookieKey, LogFormat, PreviousKey};
+pub use values::{AesKey, ClientKey, CookieKey, LogFormat, PreviousKey};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -83,6 +83,7 @@ const LIST_KEYS: &[&str] = &[
     "checkout.step_up_acr_values",
     "tokens.previous_keys",
     "server.trusted_proxies",
+    "oidc.client_keys",
 ];
 
 /// The defaults, `config/default.toml`, built into the binary: a deployment needs no copy of
@@ -233,37 +234,7 @@ impl Settings {
         if !matches!(self.server.public_url.scheme(), "http" | "https") {
             return Err(invalid("server.public_url", "must be an http(s) URL"));
         }
-        if !matches!(self.oidc.issuer_url.scheme(), "http" | "https") {
-            return Err(invalid("oidc.issuer_url", "must be an http(s) URL"));
-        }
-        if self.oidc.client_id.trim().is_empty() {
-            return Err(invalid("oidc.client_id", "must not be empty"));
-        }
-        const RESERVED: [&str; 9] = [
-            "state",
-            "nonce",
-            "code_challenge",
-            "code_challenge_method",
-            "redirect_uri",
-            "client_id",
-            "response_type",
-            "scope",
-            "response_mode",
-        ];
-        if let Some(name) = self
-            .oidc
-            .extra_auth_params
-            .keys()
-            .find(|k| RESERVED.contains(&k.as_str()))
-        {
-            return Err(invalid(
-                "oidc.extra_auth_params",
-                format!("must not set `{name}`, which the shop sets itself"),
-            ));
-        }
-        if !self.oidc.scopes.iter().any(|s| s == "openid") {
-            return Err(invalid("oidc.scopes", "must include `openid`"));
-        }
+        self.validate_providers()?;
         if self.session.idle_timeout_secs == 0 || self.session.absolute_timeout_secs == 0 {
             return Err(invalid(
                 "session.idle_timeout_secs",
@@ -332,20 +303,177 @@ impl Settings {
         self.metrics.listen.is_none() && (self.metrics.token.is_some() || !self.is_https())
     }
 
-    pub fn redirect_url(&self) -> Url {
-        self.oidc.redirect_url.clone().unwrap_or_else(|| {
+    /// Every provider, settled: `[[oidc.providers]]`, or the one the `oidc.*` keys describe
+    /// (id [`OidcSettings::SINGLE`]). Validated at load, so never empty.
+    pub fn providers(&self) -> Vec<ProviderSettings> {
+        let o = &self.oidc;
+        let callback = || {
             self.server
                 .public_url
                 .join("/callback")
                 .expect("valid path")
-        })
+        };
+        let home = || self.server.public_url.join("/").expect("valid path");
+        if o.providers.is_empty() {
+            let Some(issuer_url) = o.issuer_url.clone() else {
+                return Vec::new();
+            };
+            return vec![ProviderSettings {
+                id: OidcSettings::SINGLE.to_owned(),
+                display_name: issuer_url
+                    .host_str()
+                    .unwrap_or("OpenID provider")
+                    .to_owned(),
+                issuer_url,
+                client_id: o.client_id.clone().unwrap_or_default(),
+                client_secret: o.client_secret.clone(),
+                redirect_url: o.redirect_url.clone().unwrap_or_else(callback),
+                post_logout_redirect_url: o.post_logout_redirect_url.clone().unwrap_or_else(home),
+                scopes: o.scopes.clone(),
+                groups_claim: o.groups_claim.clone(),
+                extra_auth_params: o.extra_auth_params.clone(),
+                par: o.par,
+                token_endpoint_auth_method: o.token_endpoint_auth_method,
+                link_verified_emails: false,
+            }];
+        }
+        o.providers
+            .iter()
+            .map(|p| ProviderSettings {
+                id: p.id.clone(),
+                display_name: p.display_name.clone().unwrap_or_else(|| p.id.clone()),
+                issuer_url: p.issuer_url.clone(),
+                client_id: p.client_id.clone(),
+                client_secret: p.client_secret.clone().or_else(|| o.client_secret.clone()),
+                redirect_url: p
+                    .redirect_url
+                    .clone()
+                    .or_else(|| o.redirect_url.clone())
+                    .unwrap_or_else(callback),
+                post_logout_redirect_url: p
+                    .post_logout_redirect_url
+                    .clone()
+                    .or_else(|| o.post_logout_redirect_url.clone())
+                    .unwrap_or_else(home),
+                scopes: p.scopes.clone().unwrap_or_else(|| o.scopes.clone()),
+                groups_claim: p
+                    .groups_claim
+                    .clone()
+                    .unwrap_or_else(|| o.groups_claim.clone()),
+                extra_auth_params: p
+                    .extra_auth_params
+                    .clone()
+                    .unwrap_or_else(|| o.extra_auth_params.clone()),
+                par: p.par.unwrap_or(o.par),
+                token_endpoint_auth_method: p
+                    .token_endpoint_auth_method
+                    .or(o.token_endpoint_auth_method),
+                link_verified_emails: p.link_verified_emails,
+            })
+            .collect()
     }
 
-    pub fn post_logout_redirect_url(&self) -> Url {
-        self.oidc
-            .post_logout_redirect_url
-            .clone()
-            .unwrap_or_else(|| self.server.public_url.join("/").expect("valid path"))
+    /// The provider rules: one way of configuring them, each complete, ids and issuers unique.
+    fn validate_providers(&self) -> Result<(), ConfigError> {
+        let o = &self.oidc;
+        let listed = !o.providers.is_empty();
+        if listed && (o.issuer_url.is_some() || o.client_id.is_some()) {
+            return Err(invalid(
+                "oidc.issuer_url",
+                "and oidc.client_id describe a single provider: with [[oidc.providers]], give each provider its own",
+            ));
+        }
+        if !listed && o.issuer_url.is_none() {
+            return Err(invalid(
+                "oidc.issuer_url",
+                "must be set (or list the providers as [[oidc.providers]])",
+            ));
+        }
+        let named = |i: usize, key: &str, problem: String| ConfigError::Decode {
+            key: if listed {
+                format!("oidc.providers[{i}].{key}")
+            } else {
+                format!("oidc.{key}")
+            },
+            problem,
+        };
+        let providers = self.providers();
+        for (i, p) in providers.iter().enumerate() {
+            if p.id.is_empty()
+                || p.id.len() > 32
+                || !p
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(named(
+                    i,
+                    "id",
+                    "must be 1–32 letters, digits, `-` or `_`".into(),
+                ));
+            }
+            if providers[..i].iter().any(|q| q.id == p.id) {
+                return Err(named(i, "id", format!("`{}` is listed twice", p.id)));
+            }
+            if !matches!(p.issuer_url.scheme(), "http" | "https") {
+                return Err(named(i, "issuer_url", "must be an http(s) URL".into()));
+            }
+            let issuer = |u: &Url| u.as_str().trim_end_matches('/').to_owned();
+            if providers[..i]
+                .iter()
+                .any(|q| issuer(&q.issuer_url) == issuer(&p.issuer_url))
+            {
+                return Err(named(
+                    i,
+                    "issuer_url",
+                    "is another provider's too: logins are told apart by issuer".into(),
+                ));
+            }
+            if p.client_id.trim().is_empty() {
+                return Err(named(i, "client_id", "must not be empty".into()));
+            }
+            let jwt = p.token_endpoint_auth_method == Some(TokenEndpointAuthMethod::PrivateKeyJwt);
+            if jwt && o.client_keys.is_empty() {
+                return Err(invalid(
+                    "oidc.client_keys",
+                    format!("must list a key: provider `{}` uses private_key_jwt", p.id),
+                ));
+            }
+            if !jwt && p.client_secret.is_none() {
+                return Err(named(
+                    i,
+                    "client_secret",
+                    "must be set (or use token_endpoint_auth_method = \"private_key_jwt\")".into(),
+                ));
+            }
+            const RESERVED: [&str; 10] = [
+                "state",
+                "nonce",
+                "code_challenge",
+                "code_challenge_method",
+                "redirect_uri",
+                "client_id",
+                "response_type",
+                "scope",
+                "response_mode",
+                "request_uri",
+            ];
+            if let Some(name) = p
+                .extra_auth_params
+                .keys()
+                .find(|k| RESERVED.contains(&k.as_str()))
+            {
+                return Err(named(
+                    i,
+                    "extra_auth_params",
+                    format!("must not set `{name}`, which the shop sets itself"),
+                ));
+            }
+            if !p.scopes.iter().any(|s| s == "openid") {
+                return Err(named(i, "scopes", "must include `openid`".into()));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The configuration's sections, one struct each. Every default is in `config/default.toml`
 //! (embedded in the binary), never here: a field without `Option` must come from a source.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
-use super::values::{AesKey, CookieKey, LogFormat, PreviousKey, deserialize_networks};
+use super::values::{AesKey, ClientKey, CookieKey, LogFormat, PreviousKey, deserialize_networks};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerSettings {
@@ -84,13 +85,15 @@ impl DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct OidcSettings {
-    pub issuer_url: Url,
-    pub client_id: String,
-    pub client_secret: SecretString,
+    /// The single provider of a shop that has one (`[[oidc.providers]]` instead lists several).
+    pub issuer_url: Option<Url>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
     /// Defaults to `{server.public_url}/callback`.
     pub redirect_url: Option<Url>,
     /// Defaults to `{server.public_url}/`.
     pub post_logout_redirect_url: Option<Url>,
+    /// The scopes asked for (every provider's default).
     pub scopes: Vec<String>,
     /// Where groups come from: a claim name, or a dotted path into nested claims
     /// (`realm_access.roles`). An ID token without it means "no groups".
@@ -98,17 +101,96 @@ pub struct OidcSettings {
     /// Extra parameters of every authorization request, such as Google's
     /// `access_type = "offline"` and `prompt = "consent"` (without which it sends no refresh
     /// token).
-    pub extra_auth_params: std::collections::BTreeMap<String, String>,
-    /// Connect and request timeout for every call to the provider.
+    pub extra_auth_params: BTreeMap<String, String>,
+    /// Connect and request timeout for every call to a provider.
     pub http_timeout_secs: u64,
-    /// How often discovery is retried while the provider is unreachable.
+    /// How often discovery is retried while a provider is unreachable.
     pub discovery_retry_secs: u64,
+    /// Pushed authorization requests (RFC 9126), every provider's default.
+    pub par: Par,
+    /// How the shop authenticates at the token endpoint, every provider's default (`None`:
+    /// the client secret, Basic unless the provider only takes it in the body).
+    pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    /// The keys `private_key_jwt` signs with: the first signs, all are published at
+    /// `/.well-known/jwks.json` (list a new key second, then first, then drop the old one).
+    pub client_keys: Vec<ClientKey>,
+    /// Several providers at once; when empty, the keys above are the one provider.
+    pub providers: Vec<ProviderEntry>,
+}
+
+/// `oidc.par`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Par {
+    /// When discovery lists a `pushed_authorization_request_endpoint`.
+    #[default]
+    Auto,
+    /// Always; a provider without the endpoint cannot be used.
+    Required,
+    /// Never.
+    Off,
+}
+
+/// `token_endpoint_auth_method`, as OpenID Connect names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    /// A JWT signed with `oidc.client_keys` (RFC 7523).
+    PrivateKeyJwt,
+}
+
+/// One `[[oidc.providers]]` entry; what it leaves out comes from `[oidc]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderEntry {
+    /// In `/login?provider=ID`: letters, digits, `-` and `_`.
+    pub id: String,
+    /// On the sign-in chooser and the admin tables (default: the id).
+    pub display_name: Option<String>,
+    pub issuer_url: Url,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub redirect_url: Option<Url>,
+    pub post_logout_redirect_url: Option<Url>,
+    pub scopes: Option<Vec<String>>,
+    pub groups_claim: Option<String>,
+    pub extra_auth_params: Option<BTreeMap<String, String>>,
+    pub par: Option<Par>,
+    pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    /// Sign this provider's identities in as the existing user with the same email, when the
+    /// provider says the email is verified and that user's email was verified too. Off by
+    /// default: without it two providers with one email are two accounts.
+    #[serde(default)]
+    pub link_verified_emails: bool,
+}
+
+/// One provider, every value settled (`[[oidc.providers]]` over `[oidc]`).
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    pub id: String,
+    pub display_name: String,
+    pub issuer_url: Url,
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub redirect_url: Url,
+    pub post_logout_redirect_url: Url,
+    pub scopes: Vec<String>,
+    pub groups_claim: String,
+    pub extra_auth_params: BTreeMap<String, String>,
+    pub par: Par,
+    pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    pub link_verified_emails: bool,
 }
 
 impl OidcSettings {
     pub fn http_timeout(&self) -> Duration {
         Duration::from_secs(self.http_timeout_secs)
     }
+
+    /// The id of the one provider configured with the `oidc.*` keys alone.
+    pub const SINGLE: &'static str = "default";
 }
 
 #[derive(Debug, Clone, Deserialize)]

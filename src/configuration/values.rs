@@ -131,3 +131,64 @@ pub fn deserialize_networks<'de, D: Deserializer<'de>>(
         })
         .collect()
 }
+
+/// An entry of `oidc.client_keys`: an RSA private key (PEM, PKCS #8 or PKCS #1) the shop
+/// signs its client assertions with (`private_key_jwt`, RFC 7523). Its key id is the RFC 7638
+/// thumbprint of the public key, so the same key always has the same `kid`.
+#[derive(Clone)]
+pub struct ClientKey {
+    pub kid: String,
+    pub key: Arc<rsa::RsaPrivateKey>,
+}
+
+impl ClientKey {
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        use rsa::pkcs8::DecodePrivateKey;
+        let pem = pem.trim();
+        let key = rsa::RsaPrivateKey::from_pkcs8_pem(pem)
+            .or_else(|_| rsa::RsaPrivateKey::from_pkcs1_pem(pem))
+            .map_err(|_| "is not an RSA private key in PEM (PKCS #8 or PKCS #1)".to_owned())?;
+        if rsa::traits::PublicKeyParts::size(&key) < 256 {
+            return Err("must be an RSA key of at least 2048 bits".into());
+        }
+        let (n, e) = Self::public_parts(&key);
+        let canonical = format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#);
+        let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(<sha2::Sha256 as sha2::Digest>::digest(canonical.as_bytes()));
+        Ok(Self {
+            kid,
+            key: Arc::new(key),
+        })
+    }
+
+    /// The modulus and exponent, base64url.
+    fn public_parts(key: &rsa::RsaPrivateKey) -> (String, String) {
+        use rsa::traits::PublicKeyParts;
+        let b64 = |n: &rsa::BigUint| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(n.to_bytes_be())
+        };
+        (b64(key.n()), b64(key.e()))
+    }
+
+    /// The public key as a JWK, for `/.well-known/jwks.json`.
+    pub fn public_jwk(&self) -> serde_json::Value {
+        let (n, e) = Self::public_parts(&self.key);
+        serde_json::json!({
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": self.kid, "n": n, "e": e,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = SecretString::deserialize(deserializer)?;
+        ClientKey::from_pem(text.expose_secret()).map_err(D::Error::custom)
+    }
+}
+
+impl fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientKey({}, [REDACTED])", self.kid)
+    }
+}

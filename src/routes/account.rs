@@ -153,10 +153,13 @@ pub async fn sign_out_everywhere(
         .iter()
         .find(|e| e.token_id == user.token_id)
         .and_then(|e| e.id_token.as_ref());
-    let end_session = state
-        .oidc
-        .end_session_url(hint, &crate::crypto::random_token(16))
-        .await;
+    let end_session = match state.providers.by_issuer(&user.issuer) {
+        Some(oidc) => {
+            oidc.end_session_url(hint, &crate::crypto::random_token(16))
+                .await
+        }
+        None => None,
+    };
     tracing::info!(user_id = %user.user_id, sessions = ended.len(), "Signed out everywhere");
     Ok(see_other(
         end_session.as_ref().map_or("/signed-out", |u| u.as_str()),

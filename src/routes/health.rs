@@ -25,7 +25,7 @@ pub async fn health_check(state: State) -> HttpResponse {
         crate::db::query_scalar::<i32>("SELECT 1").fetch_one(&state.pool),
     )
     .await;
-    let provider = if state.oidc.is_ready() {
+    let provider = if state.providers.all_ready() {
         "ok"
     } else {
         "unavailable"

@@ -69,6 +69,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, limits: &RateLimits, baseline: bo
         )
         .route("/logout", web::post().to(auth::logout::log_out))
         .route("/signed-out", web::get().to(auth::logout::signed_out_page))
+        .route(
+            "/.well-known/jwks.json",
+            web::get().to(auth::jwks::client_jwks),
+        )
         .service(
             web::resource("/backchannel-logout")
                 .wrap(limits.backchannel())

@@ -6,10 +6,16 @@ use actix_web::middleware::DefaultHeaders;
 use crate::configuration::Settings;
 
 /// The policy: everything from our own origin only. Forms may also lead to the identity
-/// provider (logout and login redirect there after a POST), so its origin is allowed as a
-/// form target and nothing else.
+/// providers (logout and login redirect there after a POST), so their origins are allowed as
+/// form targets and nothing else.
 pub fn content_security_policy(settings: &Settings) -> String {
-    let provider = settings.oidc.issuer_url.origin().ascii_serialization();
+    let mut origins: Vec<String> = settings
+        .providers()
+        .iter()
+        .map(|p| p.issuer_url.origin().ascii_serialization())
+        .collect();
+    origins.dedup();
+    let provider = origins.join(" ");
     format!(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
          font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; \

@@ -160,6 +160,7 @@ impl CachedSession {
                 );
                 w.0.push(u8::from(a.email_verified));
                 w.str(&a.subject);
+                w.str(&a.issuer);
                 w.opt_str(a.email.as_deref());
                 w.opt_str(a.name.as_deref());
                 w.opt_str(a.acr.as_deref());
@@ -207,6 +208,7 @@ impl CachedSession {
             .unwrap_or(RefreshStatus::Ok);
         let email_verified = r.take(1)[0] == 1;
         let subject = r.str().to_owned();
+        let issuer = r.str().to_owned();
         let email = r.opt_str().map(str::to_owned);
         let name = r.opt_str().map(str::to_owned);
         let acr = r.opt_str().map(str::to_owned);
@@ -215,6 +217,7 @@ impl CachedSession {
             user_id,
             token_id,
             subject,
+            issuer,
             email,
             email_verified,
             name,
@@ -446,6 +449,7 @@ mod tests {
             user_id: Uuid::new_v4(),
             token_id: Uuid::new_v4(),
             subject: "s".repeat(300),
+            issuer: "https://op.example".into(),
             email: Some("zoë@example.com".into()),
             email_verified: true,
             name: None,
@@ -577,6 +581,7 @@ mod footprint {
                 user_id: Uuid::new_v4(),
                 token_id: Uuid::new_v4(),
                 subject: format!("synthetic-{i}"),
+                issuer: "synthetic".into(),
                 email: Some(format!("synthetic-{i}@example.com")),
                 email_verified: false,
                 name: Some(format!("Synthetic Shopper {i}")),

@@ -179,6 +179,7 @@ mod tests {
             return_to: "/".into(),
             created_at: 0,
             step_up: None,
+            provider: String::new(),
         };
         let json = |v: &[PendingLogin]| serde_json::to_string(v).unwrap();
         let base = state(&[(PENDING_LOGINS_KEY, &json(&[login("old")]))]);

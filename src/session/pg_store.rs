@@ -376,6 +376,7 @@ struct LoadedRow {
     absolute_expires_at: chrono::DateTime<chrono::Utc>,
     user_id: Option<Uuid>,
     subject: Option<String>,
+    issuer: Option<String>,
     email: Option<String>,
     email_verified: Option<bool>,
     name: Option<String>,
@@ -408,7 +409,7 @@ impl SessionStore for PgSessionStore {
         let row: Option<LoadedRow> = crate::db::query_as(
             r#"
             SELECT s.session_id, s.state, s.version, s.last_seen_at, s.expires_at,
-                   s.absolute_expires_at, l.user_id, l.subject, l.email,
+                   s.absolute_expires_at, l.user_id, l.subject, l.issuer, l.email,
                    l.email_verified, l.name, l.groups, l.token_id, l.access_expires_at,
                    l.refresh_status, l.auth_time, l.acr, l.created_at AS login_created_at
             FROM sessions s
@@ -440,6 +441,7 @@ impl SessionStore for PgSessionStore {
                 user_id,
                 token_id,
                 subject: row.subject.unwrap_or_default(),
+                issuer: row.issuer.unwrap_or_default(),
                 email: row.email,
                 email_verified: row.email_verified.unwrap_or(false),
                 name: row.name,

@@ -34,7 +34,7 @@ fn a_complete_configuration_loads() {
     assert_eq!(settings.refresh.lead_secs, 300);
     assert_eq!(settings.session.cookie_name, "storefront_session");
     assert_eq!(
-        settings.redirect_url().as_str(),
+        settings.providers()[0].redirect_url.as_str(),
         "http://127.0.0.1:8080/callback"
     );
 }

@@ -247,7 +247,7 @@ async fn an_unreachable_provider_leaves_public_pages_up_and_login_answers_503(
 ) {
     let app = crate::helpers::spawn_app_with(opts, db, |s| {
         // Nothing listens on port 1.
-        s.oidc.issuer_url = "http://127.0.0.1:1".parse().unwrap();
+        s.oidc.issuer_url = Some("http://127.0.0.1:1".parse().unwrap());
     })
     .await;
     assert_eq!(app.get("/").await.status().as_u16(), 200);

@@ -21,5 +21,6 @@ mod real_idp;
 mod refresh;
 mod rotation;
 mod sessions;
+mod several_providers;
 mod shop;
 mod shutdown;

@@ -26,6 +26,16 @@ impl Drop for LocalProvider {
 /// Starts the provider on a free port for the shop at `shop` (client `storefront` with
 /// `secret`), access tokens living `access_ttl_secs`; returns once discovery answers.
 pub async fn start(shop: &str, secret: &str, access_ttl_secs: u32) -> LocalProvider {
+    start_with(shop, secret, access_ttl_secs, &[]).await
+}
+
+/// As [`start`], with more of the provider's settings (`IDP_CLIENT_AUTH`, `IDP_REQUIRE_PAR`…).
+pub async fn start_with(
+    shop: &str,
+    secret: &str,
+    access_ttl_secs: u32,
+    env: &[(&str, String)],
+) -> LocalProvider {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("idp");
     assert!(
         dir.join("node_modules/oidc-provider").exists(),
@@ -50,6 +60,7 @@ pub async fn start(shop: &str, secret: &str, access_ttl_secs: u32) -> LocalProvi
         )
         .env("IDP_LOG_REQUESTS", "0")
         .env("IDP_ACCESS_TOKEN_TTL", access_ttl_secs.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -134,9 +145,27 @@ pub async fn log_in(
     return_to: &str,
     user: &str,
 ) -> String {
+    log_in_with(
+        shop_client,
+        provider,
+        shop,
+        &[("return_to", return_to)],
+        user,
+    )
+    .await
+}
+
+/// As [`log_in`], starting at `/login` with `query` (`provider=…`, `return_to=…`).
+pub async fn log_in_with(
+    shop_client: &reqwest::Client,
+    provider: &reqwest::Client,
+    shop: &str,
+    query: &[(&str, &str)],
+    user: &str,
+) -> String {
     let response = shop_client
         .get(format!("{shop}/login"))
-        .query(&[("return_to", return_to)])
+        .query(query)
         .send()
         .await
         .unwrap();

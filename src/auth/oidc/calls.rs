@@ -11,6 +11,8 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::claims::{ShopIdToken, ShopTokenResponse, ShopUserInfo};
+use super::client_auth::ClientAuth;
+use super::provider::Provider;
 use super::{Login, Oidc, OidcError, Refreshed, TokenSet, error_chain, form_encode};
 use crate::auth::identity::{PendingLogin, StepUp};
 
@@ -46,6 +48,10 @@ impl Oidc {
             }
         }
         let (url, state, nonce) = request.url();
+        let url = match provider.par_endpoint(self.par)? {
+            Some(endpoint) => self.push(&provider, endpoint, &url).await?,
+            None => url,
+        };
         let pending = PendingLogin {
             state: state.secret().clone(),
             nonce: nonce.secret().clone(),
@@ -53,8 +59,109 @@ impl Oidc {
             return_to,
             created_at: chrono::Utc::now().timestamp(),
             step_up,
+            provider: self.id.clone(),
         };
         Ok((url, pending))
+    }
+
+    /// RFC 9126: posts the authorization request's parameters (with the client's
+    /// authentication) to the provider, and returns the short URL the browser is sent to
+    /// instead, naming only the client and the `request_uri` the provider answered with.
+    async fn push(
+        &self,
+        provider: &Provider,
+        endpoint: &Url,
+        authorize: &Url,
+    ) -> Result<Url, OidcError> {
+        let mut form: Vec<(String, String)> = authorize
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        // RFC 9126 § 2.1: the audience of a client assertion is the issuer.
+        let request = self.authenticated(provider, endpoint, &mut form, self.issuer());
+        let response = request
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| OidcError::Unavailable(error_chain(&e)))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.map_err(|e| {
+            OidcError::InvalidResponse(format!("pushed authorization request: {e}"))
+        })?;
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(OidcError::Unavailable(format!(
+                "the pushed authorization request endpoint answered {status}"
+            )));
+        }
+        if !status.is_success() {
+            return Err(OidcError::Refused {
+                error: body["error"]
+                    .as_str()
+                    .unwrap_or("invalid_request")
+                    .to_owned(),
+                description: body["error_description"].as_str().map(str::to_owned),
+            });
+        }
+        let request_uri = body["request_uri"].as_str().ok_or_else(|| {
+            OidcError::InvalidResponse("the pushed authorization request had no request_uri".into())
+        })?;
+        let mut url = provider.metadata.authorization_endpoint().url().clone();
+        url.query_pairs_mut()
+            .append_pair("client_id", self.client_id.as_str())
+            .append_pair("request_uri", request_uri);
+        Ok(url)
+    }
+
+    /// A POST to `endpoint` authenticated as the client: Basic, or the secret or a fresh
+    /// client assertion for `aud` added to `form`.
+    fn authenticated(
+        &self,
+        provider: &Provider,
+        endpoint: &Url,
+        form: &mut Vec<(String, String)>,
+        aud: &str,
+    ) -> reqwest::RequestBuilder {
+        let request = self.http.post(endpoint.clone());
+        // The client names itself once (a pushed request already carries its `client_id`).
+        let name_client = |form: &mut Vec<(String, String)>| {
+            if !form.iter().any(|(k, _)| k == "client_id") {
+                form.push(("client_id".into(), self.client_id.to_string()));
+            }
+        };
+        match &provider.client_auth {
+            ClientAuth::Basic => {
+                let secret = self.client_secret.as_ref().map_or("", |s| s.secret());
+                request.basic_auth(
+                    form_encode(self.client_id.as_str()),
+                    Some(form_encode(secret)),
+                )
+            }
+            ClientAuth::Post => {
+                name_client(form);
+                if let Some(secret) = &self.client_secret {
+                    form.push(("client_secret".into(), secret.secret().clone()));
+                }
+                request
+            }
+            auth @ ClientAuth::Jwt(_) => {
+                name_client(form);
+                form.extend(
+                    auth.assertion_params(self.client_id.as_str(), aud)
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k.to_owned(), v)),
+                );
+                request
+            }
+        }
+    }
+
+    /// The audience of a client assertion sent to the token endpoint (RFC 7523 § 3).
+    fn token_audience(provider: &Provider) -> String {
+        provider
+            .metadata
+            .token_endpoint()
+            .map_or_else(String::new, |u| u.url().to_string())
     }
 
     /// Whether discovery announced RFC 9207's `iss` in authorization responses: then a
@@ -77,10 +184,20 @@ impl Oidc {
     ) -> Result<Login, OidcError> {
         let provider = self.provider().await?;
         let client = &provider.client;
-        let response = client
+        let mut request = client
             .exchange_code(AuthorizationCode::new(code))
             .map_err(|e| OidcError::Unavailable(e.to_string()))?
-            .set_pkce_verifier(PkceCodeVerifier::new(login.pkce_verifier.clone()))
+            .set_pkce_verifier(PkceCodeVerifier::new(login.pkce_verifier.clone()));
+        let aud = Self::token_audience(&provider);
+        for (name, value) in provider
+            .client_auth
+            .assertion_params(self.client_id.as_str(), &aud)
+            .into_iter()
+            .flatten()
+        {
+            request = request.add_extra_param(name, value);
+        }
+        let response = request
             .request_async(&self.http)
             .await
             .map_err(map_token_error)?;
@@ -109,9 +226,19 @@ impl Oidc {
         let provider = self.provider().await?;
         let client = &provider.client;
         let refresh = RefreshToken::new(refresh_token.expose_secret().to_owned());
-        let response = client
+        let mut request = client
             .exchange_refresh_token(&refresh)
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?
+            .map_err(|e| OidcError::Unavailable(e.to_string()))?;
+        let aud = Self::token_audience(&provider);
+        for (name, value) in provider
+            .client_auth
+            .assertion_params(self.client_id.as_str(), &aud)
+            .into_iter()
+            .flatten()
+        {
+            request = request.add_extra_param(name, value);
+        }
+        let response = request
             .request_async(&self.refresh_http)
             .await
             .map_err(map_token_error)?;
@@ -192,23 +319,13 @@ impl Oidc {
             }
             return Ok(());
         };
-        let form = [("token", token.expose_secret()), ("token_type_hint", hint)];
-        let request = self.http.post(url.url().clone());
-        let request = if provider.client_secret_post {
-            request.form(&[
-                form[0],
-                form[1],
-                ("client_id", self.client_id.as_str()),
-                ("client_secret", self.client_secret.secret()),
-            ])
-        } else {
-            request
-                .basic_auth(
-                    form_encode(self.client_id.as_str()),
-                    Some(form_encode(self.client_secret.secret())),
-                )
-                .form(&form)
-        };
+        let mut form = vec![
+            ("token".to_owned(), token.expose_secret().to_owned()),
+            ("token_type_hint".to_owned(), hint.to_owned()),
+        ];
+        let aud = Self::token_audience(&provider);
+        let request = self.authenticated(&provider, url.url(), &mut form, &aud);
+        let request = request.form(&form);
         let response = request
             .send()
             .await

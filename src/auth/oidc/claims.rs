@@ -54,6 +54,12 @@ pub struct RevocationMetadata {
     /// RFC 9207: the provider puts `iss` in every authorization response.
     #[serde(default)]
     pub authorization_response_iss_parameter_supported: Option<bool>,
+    /// RFC 9126: where authorization requests are pushed, and whether the provider takes
+    /// them only that way.
+    #[serde(default)]
+    pub pushed_authorization_request_endpoint: Option<url::Url>,
+    #[serde(default)]
+    pub require_pushed_authorization_requests: Option<bool>,
 }
 impl AdditionalProviderMetadata for RevocationMetadata {}
 

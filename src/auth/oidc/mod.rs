@@ -1,13 +1,19 @@
-//! The shop's OpenID Connect client: discovery and keys (`provider`), the claim types
-//! (`claims`), token verification (`verify`) and the calls to the provider (`calls`): the
-//! authorization request, the code exchange, refresh, userinfo, revocation and end-session.
+//! The shop's OpenID Connect clients, one per provider ([`Providers`]): discovery and keys
+//! (`provider`), the claim types (`claims`), token verification (`verify`), client
+//! authentication (`client_auth`: the secret or `private_key_jwt`) and the calls to the
+//! provider (`calls`): the authorization request (pushed, RFC 9126, where the provider takes
+//! it), the code exchange, refresh, userinfo, revocation and end-session.
 //! All token checks are the `openidconnect` crate's; this module only chooses the policy
 //! (algorithms, clock skew, rate of JWKS refetches).
 
 mod calls;
 mod claims;
+mod client_auth;
 mod provider;
+mod providers;
 mod verify;
+
+pub use providers::Providers;
 
 pub use verify::LogoutTokenNames;
 
@@ -22,7 +28,7 @@ use openidconnect::{ClientId, ClientSecret, IssuerUrl, PostLogoutRedirectUrl, Re
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
-use crate::configuration::Settings;
+use crate::configuration::{ClientKey, Par, ProviderSettings, Settings, TokenEndpointAuthMethod};
 use provider::Provider;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +87,11 @@ pub struct Refreshed {
     pub groups: Option<Vec<String>>,
 }
 
+/// One provider's client: its settings, discovery and keys, and the calls to it.
 pub struct Oidc {
+    /// `[[oidc.providers]] id`.
+    id: String,
+    display_name: String,
     http: reqwest::Client,
     /// For refresh calls: the same connect timeout, but the generous
     /// `refresh.call_timeout_secs` for the answer, since a refresh given up may have spent a
@@ -89,14 +99,20 @@ pub struct Oidc {
     refresh_http: calls::StatusAsOAuthError,
     issuer: IssuerUrl,
     client_id: ClientId,
-    client_secret: ClientSecret,
+    client_secret: Option<ClientSecret>,
     redirect_url: RedirectUrl,
     post_logout_redirect_url: PostLogoutRedirectUrl,
     scopes: Vec<Scope>,
-    /// Where groups come from (`oidc.groups_claim`).
+    /// Where groups come from (`groups_claim`).
     groups_claim: String,
-    /// Added to every authorization request (`oidc.extra_auth_params`).
+    /// Added to every authorization request (`extra_auth_params`).
     extra_auth_params: Vec<(String, String)>,
+    par: Par,
+    token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
+    /// Signs client assertions (`private_key_jwt`): the first of `oidc.client_keys`.
+    client_key: Option<ClientKey>,
+    /// A verified email of this provider may sign in as the user who has it.
+    link_verified_emails: bool,
     /// The missing revocation endpoint has been logged (once per process).
     said_no_revocation: std::sync::atomic::AtomicBool,
     provider: RwLock<Option<Arc<Provider>>>,
@@ -112,7 +128,8 @@ impl Oidc {
             .unwrap_or_default()
     }
 
-    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+    /// The client of provider `p`.
+    pub fn new(settings: &Settings, p: &ProviderSettings) -> anyhow::Result<Self> {
         let connect = settings.oidc.http_timeout();
         let client = |timeout: Duration| {
             reqwest::Client::builder()
@@ -126,38 +143,38 @@ impl Oidc {
         let http = client(connect)?;
         let refresh_http =
             calls::StatusAsOAuthError(client(settings.refresh.call_timeout().max(connect))?);
-        let issuer = settings
-            .oidc
-            .issuer_url
-            .as_str()
-            .trim_end_matches('/')
-            .to_owned();
+        let issuer = p.issuer_url.as_str().trim_end_matches('/').to_owned();
         Ok(Self {
+            id: p.id.clone(),
+            display_name: p.display_name.clone(),
             http,
             refresh_http,
             issuer: IssuerUrl::new(issuer)?,
-            client_id: ClientId::new(settings.oidc.client_id.clone()),
-            client_secret: ClientSecret::new(
-                settings.oidc.client_secret.expose_secret().to_owned(),
-            ),
-            redirect_url: RedirectUrl::from_url(settings.redirect_url()),
+            client_id: ClientId::new(p.client_id.clone()),
+            client_secret: p
+                .client_secret
+                .as_ref()
+                .map(|s| ClientSecret::new(s.expose_secret().to_owned())),
+            redirect_url: RedirectUrl::from_url(p.redirect_url.clone()),
             post_logout_redirect_url: PostLogoutRedirectUrl::from_url(
-                settings.post_logout_redirect_url(),
+                p.post_logout_redirect_url.clone(),
             ),
-            scopes: settings
-                .oidc
+            scopes: p
                 .scopes
                 .iter()
                 .filter(|s| *s != "openid")
                 .map(|s| Scope::new(s.clone()))
                 .collect(),
-            groups_claim: settings.oidc.groups_claim.clone(),
-            extra_auth_params: settings
-                .oidc
+            groups_claim: p.groups_claim.clone(),
+            extra_auth_params: p
                 .extra_auth_params
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            par: p.par,
+            token_endpoint_auth_method: p.token_endpoint_auth_method,
+            client_key: settings.oidc.client_keys.first().cloned(),
+            link_verified_emails: p.link_verified_emails,
             said_no_revocation: Default::default(),
             provider: RwLock::new(None),
             refresh_lock: Mutex::new(None),
@@ -168,9 +185,25 @@ impl Oidc {
         &self.http
     }
 
-    /// The issuer the provider reported (RFC 9207 `iss` must equal it).
+    /// The issuer the provider reported (RFC 9207 `iss` must equal it); logins of this
+    /// provider are stored under it.
     pub fn issuer(&self) -> &str {
         self.issuer.as_str()
+    }
+
+    /// `/login?provider=` names it by this.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What the sign-in chooser and the admin tables call it.
+    pub fn display_name(&self) -> &str {
+        &self.display_name
+    }
+
+    /// Whether a verified email of this provider may sign in as the user who has it.
+    pub fn links_verified_emails(&self) -> bool {
+        self.link_verified_emails
     }
 }
 

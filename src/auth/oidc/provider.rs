@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openidconnect::core::{CoreClientAuthMethod, CoreJwsSigningAlgorithm};
+use openidconnect::core::CoreJwsSigningAlgorithm;
 use openidconnect::{AuthType, JsonWebKeySet};
 
 use super::claims::{Metadata, ShopClient};
+use super::client_auth::ClientAuth;
 use super::{Oidc, OidcError, error_chain};
+use crate::configuration::Par;
 
 /// An unknown `kid` refetches the JWKS at most this often (a forged `kid` cannot make us
 /// hammer the provider).
@@ -23,37 +25,56 @@ pub(super) struct Provider {
     pub(super) client: ShopClient,
     /// Signature algorithms accepted on ID and logout tokens.
     pub(super) allowed_algs: Vec<CoreJwsSigningAlgorithm>,
-    /// The provider supports only client_secret_post (not Basic).
-    pub(super) client_secret_post: bool,
+    /// How the shop authenticates at its endpoints.
+    pub(super) client_auth: ClientAuth,
     /// When an unknown `kid` last made us refetch the JWKS (`None`: not since discovery).
     refetched_jwks_at: Option<Instant>,
 }
 
 impl Provider {
     fn new(oidc: &Oidc, metadata: Metadata, refetched_jwks_at: Option<Instant>) -> Self {
-        let client_secret_post = metadata
-            .token_endpoint_auth_methods_supported()
-            .is_some_and(|m| {
-                m.contains(&CoreClientAuthMethod::ClientSecretPost)
-                    && !m.contains(&CoreClientAuthMethod::ClientSecretBasic)
-            });
-        let client = ShopClient::from_provider_metadata(
-            metadata.clone(),
-            oidc.client_id.clone(),
-            Some(oidc.client_secret.clone()),
-        )
-        .set_redirect_uri(oidc.redirect_url.clone());
-        let client = if client_secret_post {
-            client.set_auth_type(AuthType::RequestBody)
-        } else {
+        let client_auth = ClientAuth::choose(
+            oidc.token_endpoint_auth_method,
+            oidc.client_secret.is_some(),
+            oidc.client_key.as_ref(),
+            &metadata,
+        );
+        let secret = match client_auth {
+            ClientAuth::Jwt(_) => None,
+            _ => oidc.client_secret.clone(),
+        };
+        let client =
+            ShopClient::from_provider_metadata(metadata.clone(), oidc.client_id.clone(), secret)
+                .set_redirect_uri(oidc.redirect_url.clone());
+        // Without a secret the crate sends `client_id` in the form, as private_key_jwt needs.
+        let client = if matches!(client_auth, ClientAuth::Basic) {
             client
+        } else {
+            client.set_auth_type(AuthType::RequestBody)
         };
         Self {
             allowed_algs: allowed_algs(&metadata),
-            client_secret_post,
+            client_auth,
             client,
             metadata,
             refetched_jwks_at,
+        }
+    }
+
+    /// Where authorization requests are pushed (RFC 9126), if they are: `oidc.par` `auto`
+    /// pushes when discovery lists the endpoint, and a provider that requires it
+    /// (`require_pushed_authorization_requests`) is pushed to whatever the setting.
+    pub(super) fn par_endpoint(&self, par: Par) -> Result<Option<&url::Url>, OidcError> {
+        let extra = &self.metadata.additional_metadata().additional_metadata;
+        let endpoint = extra.pushed_authorization_request_endpoint.as_ref();
+        let demanded = extra.require_pushed_authorization_requests == Some(true);
+        match (par, endpoint) {
+            (Par::Off, _) if !demanded => Ok(None),
+            (_, Some(endpoint)) => Ok(Some(endpoint)),
+            (Par::Required, None) => Err(OidcError::Unavailable(
+                "oidc.par is `required` but the provider has no pushed_authorization_request_endpoint".into(),
+            )),
+            (_, None) => Ok(None),
         }
     }
 }
@@ -107,9 +128,11 @@ impl Oidc {
         while !self.is_ready() {
             match self.discover().await {
                 Ok(()) => {
-                    tracing::info!(issuer = %self.issuer.as_str(), "OpenID provider discovered")
+                    tracing::info!(provider = %self.id, issuer = %self.issuer.as_str(), "OpenID provider discovered")
                 }
-                Err(e) => tracing::warn!(error = %e, "OpenID provider discovery failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(provider = %self.id, error = %e, "OpenID provider discovery failed; retrying")
+                }
             }
             if self.is_ready() {
                 return;

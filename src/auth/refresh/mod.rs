@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use super::oidc::{Oidc, OidcError, Refreshed};
+use super::oidc::{OidcError, Providers, Refreshed};
 use super::revocation::Revoker;
 use super::tokens::{self, Claimed};
 use crate::configuration::RefreshSettings;
@@ -75,7 +75,7 @@ pub struct Refresher {
     pool: PgPool,
     background: PgPool,
     cipher: Arc<TokenCipher>,
-    oidc: Arc<Oidc>,
+    providers: Arc<Providers>,
     /// Woken when a refresh finds its login ended and queues the new tokens.
     revoker: Arc<Revoker>,
     settings: RefreshSettings,
@@ -97,7 +97,7 @@ impl Refresher {
     pub fn new(
         pools: RefresherPools,
         cipher: Arc<TokenCipher>,
-        oidc: Arc<Oidc>,
+        providers: Arc<Providers>,
         revoker: Arc<Revoker>,
         settings: RefreshSettings,
         metrics: RefreshMetrics,
@@ -107,7 +107,7 @@ impl Refresher {
             pool: pools.requests,
             background: pools.background,
             cipher,
-            oidc,
+            providers,
             revoker,
             settings,
             stats: RefreshStats::new(metrics),
@@ -263,8 +263,14 @@ impl Refresher {
                 if saved.is_none() {
                     // A logout or revoke that won the race: the new tokens are revoked too,
                     // nothing is written back for a login that is gone.
-                    if tokens::queue_if_ended(pool, &self.cipher, row.token_id, &refreshed.tokens)
-                        .await?
+                    if tokens::queue_if_ended(
+                        pool,
+                        &self.cipher,
+                        row.token_id,
+                        &row.issuer,
+                        &refreshed.tokens,
+                    )
+                    .await?
                     {
                         tracing::info!(token_id = %row.token_id, "Refreshed a login that ended meanwhile; its new tokens are queued for revocation");
                         self.revoker.nudge();
@@ -303,7 +309,7 @@ impl Refresher {
                 // Our configuration is at fault, not the login: keep it and retry.
                 let backoff = self.backoff(row.failure_count);
                 tracing::error!(%error, description = description.as_deref().unwrap_or(""),
-                    "The provider refuses the shop's client credentials; check oidc.client_id and oidc.client_secret");
+                    "The provider refuses the shop's client credentials; check the provider's client_id and its secret or client key");
                 self.stats.record(Outcome::ClientRejected);
                 *self.client_rejected.lock().expect("not poisoned") = Some((Utc::now(), error));
                 tokens::record_failure(pool, row.token_id, claim, backoff).await?;
@@ -328,9 +334,15 @@ impl Refresher {
         claim: Uuid,
         refresh_token: &SecretString,
     ) -> Result<Refreshed, OidcError> {
+        let Some(oidc) = self.providers.by_issuer(&row.issuer) else {
+            return Err(OidcError::Unavailable(format!(
+                "no configured provider has the issuer {}",
+                row.issuer
+            )));
+        };
         let call = tokio::time::timeout(
             self.settings.call_timeout(),
-            self.oidc.refresh(refresh_token, &row.subject),
+            oidc.refresh(refresh_token, &row.subject),
         );
         tokio::pin!(call);
         let every = (self.settings.lease() / 3).max(Duration::from_millis(200));

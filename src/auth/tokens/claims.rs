@@ -24,10 +24,10 @@ macro_rules! due_tokens {
 }
 pub(super) use due_tokens;
 
-/// What a claim returns: the columns of [`Claimed`] (`t` the token row, `u` its user).
+/// What a claim returns: the columns of [`Claimed`] (`t` the token row).
 macro_rules! claimed_row {
     () => {
-        "RETURNING t.token_id, u.subject, t.key_id, t.refresh_token, t.id_token,
+        "RETURNING t.token_id, t.subject, t.issuer, t.key_id, t.refresh_token, t.id_token,
                    t.failure_count, t.refresh_rotates"
     };
 }
@@ -50,8 +50,8 @@ pub const CLAIM_DUE_TOKENS: &str = concat!(
     UPDATE oauth_tokens t
     SET refresh_claim = $2,
         refresh_claimed_until = now() + make_interval(secs => $3)
-    FROM due, users u
-    WHERE t.token_id = due.token_id AND u.user_id = t.user_id
+    FROM due
+    WHERE t.token_id = due.token_id
     ",
     claimed_row!()
 );
@@ -61,6 +61,8 @@ pub const CLAIM_DUE_TOKENS: &str = concat!(
 pub struct Claimed {
     pub token_id: Uuid,
     pub subject: String,
+    /// The login's provider.
+    pub issuer: String,
     pub key_id: String,
     /// Still sealed: decrypted only by the caller that uses it.
     pub refresh_token: Vec<u8>,
@@ -100,8 +102,7 @@ pub(crate) async fn claim_expired(
         UPDATE oauth_tokens t
         SET refresh_claim = $2,
             refresh_claimed_until = now() + make_interval(secs => $3)
-        FROM users u
-        WHERE t.token_id = $1 AND u.user_id = t.user_id
+        WHERE t.token_id = $1
           AND t.access_expires_at = $4 AND t.refresh_token IS NOT NULL
           AND t.refresh_status <> 'needs_login'
           AND (t.refresh_claimed_until IS NULL OR t.refresh_claimed_until < now())
@@ -238,11 +239,13 @@ pub(crate) async fn save_refreshed(
                 next_attempt_at = NULL, refresh_claim = NULL, refresh_claimed_until = NULL,
                 last_refreshed_at = now()
             WHERE token_id = $1 AND (refresh_claim = $2 OR refresh_token = $10)
-            RETURNING user_id
+            RETURNING user_id, issuer, subject
         ), regrouped AS (
+            -- A linked identity's groups are not the account's.
             UPDATE users u SET groups = $8
             FROM saved
-            WHERE u.user_id = saved.user_id AND $8::text[] IS NOT NULL
+            WHERE u.user_id = saved.user_id AND u.issuer = saved.issuer
+              AND u.subject = saved.subject AND $8::text[] IS NOT NULL
               AND u.groups IS DISTINCT FROM $8::text[]
         )
         SELECT count(*) FROM saved

@@ -20,15 +20,28 @@ pub struct StoredLogin {
     pub token_id: Uuid,
 }
 
-/// Upserts the user named by the verified claims, stores the login's tokens (encrypted) and
-/// counts the login for the dashboard, in one statement (one round trip, atomic without an
-/// explicit transaction).
+/// Where a login comes from: its provider's issuer, and whether that provider's verified
+/// emails may sign in as an existing user.
+pub struct LoginSource<'a> {
+    pub issuer: &'a str,
+    pub link_verified_emails: bool,
+}
+
+/// Finds or creates the user the verified claims name, stores the login's tokens (encrypted)
+/// and counts the login for the dashboard, in one statement (one round trip, atomic without
+/// an explicit transaction).
+///
+/// The user is the identity's own, keyed by (issuer, subject): two providers with one email
+/// are two accounts. Only when the source allows it, an identity seen for the first time whose
+/// email the provider verified signs in as the one user of another provider with that same
+/// verified email, and stays linked to it (`linked_identities`); its profile and groups do not
+/// overwrite that user's.
 #[tracing::instrument(name = "Store login", skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn store_login(
     pool: &PgPool,
     cipher: &TokenCipher,
     cadence: &Cadence,
-    issuer: &str,
+    source: &LoginSource<'_>,
     login: &Login,
 ) -> Result<StoredLogin, sqlx::Error> {
     let claims = &login.claims;
@@ -46,19 +59,41 @@ pub async fn store_login(
     let when = schedule(cadence, &login.tokens);
     let user_id: Uuid = crate::db::query_scalar(
         r#"
-        WITH login_user AS (
+        WITH linked AS (
+            SELECT user_id FROM linked_identities WHERE issuer = $2 AND subject = $3
+        ), link_to AS (
+            SELECT min(u.user_id::text)::uuid AS user_id FROM users u
+            WHERE $19 AND $16 AND $4::text IS NOT NULL
+              AND u.email_verified AND lower(u.email) = lower($4) AND u.issuer <> $2
+              AND NOT EXISTS (SELECT 1 FROM linked)
+              AND NOT EXISTS (SELECT 1 FROM users o WHERE o.issuer = $2 AND o.subject = $3)
+            HAVING count(*) = 1
+        ), new_link AS (
+            INSERT INTO linked_identities (issuer, subject, user_id, email)
+            SELECT $2, $3, user_id, $4 FROM link_to
+            ON CONFLICT DO NOTHING
+        ), target AS (
+            SELECT user_id FROM linked UNION ALL SELECT user_id FROM link_to
+        ), own_user AS (
             INSERT INTO users (user_id, issuer, subject, email, name, groups, email_verified,
                                last_login_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $16, now())
+            SELECT $1, $2, $3, $4, $5, $6, $16, now()
+            WHERE NOT EXISTS (SELECT 1 FROM target)
             ON CONFLICT ON CONSTRAINT users_issuer_subject_key DO UPDATE
             SET email = EXCLUDED.email, name = EXCLUDED.name, groups = EXCLUDED.groups,
                 email_verified = EXCLUDED.email_verified, last_login_at = now()
             RETURNING user_id
+        ), linked_user AS (
+            UPDATE users SET last_login_at = now()
+            WHERE user_id IN (SELECT user_id FROM target)
+            RETURNING user_id
+        ), login_user AS (
+            SELECT user_id FROM own_user UNION ALL SELECT user_id FROM linked_user
         ), login_tokens AS (
-            INSERT INTO oauth_tokens (token_id, user_id, provider_sid, key_id, access_token,
-                                      refresh_token, id_token, access_expires_at,
+            INSERT INTO oauth_tokens (token_id, user_id, issuer, subject, provider_sid, key_id,
+                                      access_token, refresh_token, id_token, access_expires_at,
                                       refresh_due_at, last_refreshed_at, auth_time, acr)
-            SELECT $7, user_id, $8, $9, $10, $11, $12, $13, $15, now(),
+            SELECT $7, user_id, $2, $3, $8, $9, $10, $11, $12, $13, $15, now(),
                    COALESCE($17, now()), $18
             FROM login_user
         ), counted AS (
@@ -70,7 +105,7 @@ pub async fn store_login(
         "#,
     )
     .bind(Uuid::now_v7())
-    .bind(issuer)
+    .bind(source.issuer)
     .bind(claims.subject().as_str())
     .bind(email)
     .bind(name)
@@ -87,6 +122,7 @@ pub async fn store_login(
     .bind(login.email_verified)
     .bind(auth_time)
     .bind(acr)
+    .bind(source.link_verified_emails)
     .fetch_one(pool)
     .await?;
     tracing::Span::current().record("user_id", tracing::field::display(user_id));
@@ -134,6 +170,8 @@ pub async fn insert_tokens(
 pub struct EndedLogin {
     pub token_id: Uuid,
     pub user_id: Uuid,
+    /// Its provider, whose end-session endpoint the browser goes to.
+    pub issuer: String,
     pub id_token: Option<SecretString>,
 }
 
@@ -141,6 +179,7 @@ pub struct EndedLogin {
 struct EndedRow {
     token_id: Uuid,
     user_id: Uuid,
+    issuer: String,
     key_id: String,
     id_token: Option<Vec<u8>>,
 }
@@ -155,6 +194,7 @@ fn ended(cipher: &TokenCipher, rows: Vec<EndedRow>) -> Vec<EndedLogin> {
             }),
             token_id: row.token_id,
             user_id: row.user_id,
+            issuer: row.issuer,
         })
         .collect()
 }
@@ -162,8 +202,8 @@ fn ended(cipher: &TokenCipher, rows: Vec<EndedRow>) -> Vec<EndedLogin> {
 /// The columns an ending statement's `gone` CTE returns, for [`queue_from!`] and [`EndedRow`].
 macro_rules! gone_columns {
     () => {
-        "t.token_id, t.user_id, t.key_id, t.access_token, t.refresh_token, t.id_token, \
-         t.access_expires_at, t.refresh_status"
+        "t.token_id, t.user_id, t.issuer, t.key_id, t.access_token, t.refresh_token, \
+         t.id_token, t.access_expires_at, t.refresh_status"
     };
 }
 
@@ -180,7 +220,7 @@ pub async fn delete_logins(
         gone_columns!(),
         "), ",
         queue_from!("gone", "$2"),
-        " SELECT token_id, user_id, key_id, id_token FROM gone"
+        " SELECT token_id, user_id, issuer, key_id, id_token FROM gone"
     ))
     .bind(token_ids)
     .bind(reason)
@@ -221,7 +261,7 @@ pub async fn delete_logins_of_user(
         gone_columns!(),
         "), ",
         queue_from!("gone", "$2"),
-        " SELECT token_id, user_id, key_id, id_token FROM gone"
+        " SELECT token_id, user_id, issuer, key_id, id_token FROM gone"
     ))
     .bind(user_id)
     .bind(reason)
@@ -242,10 +282,8 @@ pub async fn end_provider_sessions(
     let ended: i64 = crate::db::query_scalar(concat!(
         "WITH gone AS (
            DELETE FROM oauth_tokens t
-           USING users u
-           WHERE u.user_id = t.user_id
-             AND u.issuer = $1
-             AND ($2::text IS NULL OR u.subject = $2)
+           WHERE t.issuer = $1
+             AND ($2::text IS NULL OR t.subject = $2)
              AND ($3::text IS NULL OR t.provider_sid = $3)
            RETURNING ",
         gone_columns!(),

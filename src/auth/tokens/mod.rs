@@ -14,8 +14,8 @@ mod rekey;
 pub use claims::{CLAIM_DUE_TOKENS, Claimed};
 pub use counts::{TokenCounts, counts};
 pub use logins::{
-    EndedLogin, StoredLogin, delete_logins, delete_logins_of_user, delete_orphans, end_logins,
-    end_provider_sessions, insert_tokens, store_login,
+    EndedLogin, LoginSource, StoredLogin, delete_logins, delete_logins_of_user, delete_orphans,
+    end_logins, end_provider_sessions, insert_tokens, store_login,
 };
 pub use outbox::{
     EndReason, OutboxCounts, QueuedRevocation, claim_revocations, outbox_counts, revocation_done,
@@ -66,6 +66,8 @@ pub struct StoredTokens {
     pub token_id: Uuid,
     pub user_id: Uuid,
     pub subject: String,
+    /// The login's provider.
+    pub issuer: String,
     pub access_token: SecretString,
     pub refresh_token: Option<SecretString>,
     pub id_token: Option<SecretString>,
@@ -131,12 +133,13 @@ pub(crate) fn decrypt_id_token(
     cipher.decrypt(key_id, data, &aad(token_id, "id"))
 }
 
-/// A row of `oauth_tokens` with its user's subject, still sealed.
+/// A row of `oauth_tokens`, still sealed.
 #[derive(sqlx::FromRow)]
 struct TokenRow {
     token_id: Uuid,
     user_id: Uuid,
     subject: String,
+    issuer: String,
     key_id: String,
     access_token: Vec<u8>,
     refresh_token: Option<Vec<u8>>,
@@ -146,10 +149,10 @@ struct TokenRow {
     next_attempt_at: Option<DateTime<Utc>>,
 }
 
-/// The columns of [`TokenRow`], for `SELECT` and `RETURNING` (`t` the token row, `u` its user).
+/// The columns of [`TokenRow`], for `SELECT` and `RETURNING` (`t` the token row).
 macro_rules! token_row {
     () => {
-        "t.token_id, t.user_id, u.subject, t.key_id, t.access_token, t.refresh_token, \
+        "t.token_id, t.user_id, t.subject, t.issuer, t.key_id, t.access_token, t.refresh_token, \
          t.id_token, t.access_expires_at, t.refresh_status, t.next_attempt_at"
     };
 }
@@ -174,6 +177,7 @@ impl TokenRow {
             token_id: self.token_id,
             user_id: self.user_id,
             subject: self.subject,
+            issuer: self.issuer,
             access_expires_at: self.access_expires_at,
             refresh_status: self.refresh_status,
             next_attempt_at: self.next_attempt_at,
@@ -190,7 +194,7 @@ pub async fn load(
     let row: Option<TokenRow> = crate::db::query_as(concat!(
         "SELECT ",
         token_row!(),
-        " FROM oauth_tokens t JOIN users u USING (user_id) WHERE t.token_id = $1"
+        " FROM oauth_tokens t WHERE t.token_id = $1"
     ))
     .bind(token_id)
     .fetch_optional(conn)

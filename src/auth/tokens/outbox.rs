@@ -40,7 +40,7 @@ text_enum! {
 }
 
 /// Queues the refresh token and the still-valid access token of the rows of `$gone` (a CTE
-/// returning `token_id`, `key_id`, `access_token`, `refresh_token`, `access_expires_at`,
+/// returning `token_id`, `issuer`, `key_id`, `access_token`, `refresh_token`, `access_expires_at`,
 /// `refresh_status`) with the reason in parameter `$reason`. A refresh token the provider has
 /// already refused (`needs_login`) is not sent again.
 macro_rules! queue_from {
@@ -48,8 +48,8 @@ macro_rules! queue_from {
         concat!(
             "queued AS (
                INSERT INTO revocation_outbox
-                   (revocation_id, token_id, key_id, token_type, token, reason)
-               SELECT gen_random_uuid(), g.token_id, g.key_id, v.token_type, v.token, ",
+                   (revocation_id, token_id, issuer, key_id, token_type, token, reason)
+               SELECT gen_random_uuid(), g.token_id, g.issuer, g.key_id, v.token_type, v.token, ",
             $reason,
             "
                FROM ",
@@ -76,6 +76,7 @@ pub(crate) async fn queue_if_ended(
     pool: &PgPool,
     cipher: &TokenCipher,
     token_id: Uuid,
+    issuer: &str,
     tokens: &TokenSet,
 ) -> Result<bool, sqlx::Error> {
     let sealed = seal(cipher, token_id, tokens);
@@ -85,8 +86,8 @@ pub(crate) async fn queue_if_ended(
             SELECT token_id FROM oauth_tokens WHERE token_id = $1 FOR SHARE
         ), queued AS (
             INSERT INTO revocation_outbox
-                (revocation_id, token_id, key_id, token_type, token, reason)
-            SELECT gen_random_uuid(), $1, $2, v.token_type, v.token, $5
+                (revocation_id, token_id, issuer, key_id, token_type, token, reason)
+            SELECT gen_random_uuid(), $1, $6, $2, v.token_type, v.token, $5
             FROM (VALUES ('refresh_token', $3::bytea), ('access_token', $4::bytea))
                  AS v(token_type, token)
             WHERE v.token IS NOT NULL AND NOT EXISTS (SELECT 1 FROM still)
@@ -100,6 +101,7 @@ pub(crate) async fn queue_if_ended(
     .bind(sealed.refresh)
     .bind(sealed.access)
     .bind(EndReason::EndedDuringRefresh)
+    .bind(issuer)
     .fetch_one(pool)
     .await?;
     Ok(queued > 0)
@@ -110,6 +112,8 @@ pub(crate) async fn queue_if_ended(
 pub struct QueuedRevocation {
     pub revocation_id: Uuid,
     token_id: Uuid,
+    /// Where it goes (`None`: queued by a binary that did not record it; the first provider).
+    pub issuer: Option<String>,
     key_id: String,
     pub token_type: String,
     token: Vec<u8>,
@@ -148,7 +152,7 @@ pub async fn claim_revocations(
             LIMIT $1
             FOR UPDATE SKIP LOCKED
         )
-        RETURNING r.revocation_id, r.token_id, r.key_id, r.token_type, r.token, r.reason,
+        RETURNING r.revocation_id, r.token_id, r.issuer, r.key_id, r.token_type, r.token, r.reason,
                   r.attempts
         "#,
     )

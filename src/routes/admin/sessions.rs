@@ -114,6 +114,8 @@ pub(super) struct SessionView {
     user: String,
     subject: String,
     email: Option<String>,
+    /// The provider's display name (its issuer when it is no longer configured).
+    provider: String,
     provider_sid: Option<String>,
     created: String,
     created_at: String,
@@ -139,6 +141,7 @@ impl SessionView {
             user: self.user.clone(),
             subject: self.subject.clone(),
             email: self.email.clone(),
+            provider: self.provider.clone(),
             provider_sid: None,
             created: String::new(),
             created_at: String::new(),
@@ -165,6 +168,7 @@ impl From<SessionRow> for SessionView {
             user: r.name.clone().unwrap_or_else(|| r.subject.clone()),
             subject: r.subject,
             email: r.email,
+            provider: r.issuer,
             provider_sid: r.provider_sid,
             created: relative(r.created_at),
             created_at: timestamp(r.created_at),
@@ -214,7 +218,15 @@ pub async fn sessions_page(
     let page = admin::sessions(&state.pool, &query).await?;
     session.csrf_token();
     let layout = page_layout(&state, &session);
-    let sessions: Vec<SessionView> = page.rows.into_iter().map(SessionView::from).collect();
+    let sessions: Vec<SessionView> = page
+        .rows
+        .into_iter()
+        .map(SessionView::from)
+        .map(|mut view| {
+            view.provider = state.providers.display_name(&view.provider);
+            view
+        })
+        .collect();
     let user = query
         .user
         .and_then(|id| sessions.iter().find(|s| s.user_id == id))

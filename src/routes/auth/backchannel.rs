@@ -18,8 +18,9 @@ fn json_error(status: actix_web::http::StatusCode, description: &str) -> HttpRes
         .json(json!({ "error": "invalid_request", "error_description": description }))
 }
 
-/// OIDC Back-Channel Logout 1.0: the provider tells us a user's session ended there. Works
-/// across any number of instances because the sessions are ended in Postgres.
+/// OIDC Back-Channel Logout 1.0: a provider tells us a user's session ended there; only that
+/// provider's logins end. Works across any number of instances because the sessions are
+/// ended in Postgres.
 #[tracing::instrument(name = "Back-channel logout", skip_all, fields(ended = tracing::field::Empty))]
 pub async fn backchannel_logout(
     state: State,
@@ -29,7 +30,15 @@ pub async fn backchannel_logout(
     let Some(raw) = form.ok().and_then(|f| f.into_inner().logout_token) else {
         return json_error(StatusCode::BAD_REQUEST, "logout_token is missing");
     };
-    let names = match state.oidc.verify_logout_token(&raw).await {
+    // Matched by the token's `iss` (read before verification only to choose whose keys verify
+    // it; the verification checks it again).
+    let Some(oidc) = state.providers.for_logout_token(&raw) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "logout_token rejected: its issuer is not one of the shop's providers",
+        );
+    };
+    let names = match oidc.verify_logout_token(&raw).await {
         Ok(names) => names,
         Err(OidcError::Unavailable(_) | OidcError::NoAnswer(_)) => {
             return HttpResponse::ServiceUnavailable()
@@ -41,7 +50,7 @@ pub async fn backchannel_logout(
             return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
-    match end_sessions(&state, &names).await {
+    match end_sessions(&state, oidc.issuer(), &names).await {
         Ok(Some(ended)) => {
             tracing::Span::current().record("ended", ended);
             if ended > 0 {
@@ -69,20 +78,20 @@ pub async fn backchannel_logout(
 
 /// Remembers the token's `jti` and ends the logins it names, in one transaction (a provider
 /// retrying after a failure is not taken for a replay). `None`: the `jti` was seen before.
-async fn end_sessions(state: &State, names: &LogoutTokenNames) -> Result<Option<u64>, sqlx::Error> {
+async fn end_sessions(
+    state: &State,
+    issuer: &str,
+    names: &LogoutTokenNames,
+) -> Result<Option<u64>, sqlx::Error> {
     let mut tx = crate::db::begin(&state.pool).await?;
     if let Some(jti) = &names.jti
-        && !logout_tokens::remember(&mut tx, state.oidc.issuer(), jti, names.expires_at).await?
+        && !logout_tokens::remember(&mut tx, issuer, jti, names.expires_at).await?
     {
         return Ok(None);
     }
-    let ended = tokens::end_provider_sessions(
-        &mut tx,
-        state.oidc.issuer(),
-        names.sub.as_deref(),
-        names.sid.as_deref(),
-    )
-    .await?;
+    let ended =
+        tokens::end_provider_sessions(&mut tx, issuer, names.sub.as_deref(), names.sid.as_deref())
+            .await?;
     tx.commit().await?;
     Ok(Some(ended))
 }

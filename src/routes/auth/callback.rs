@@ -6,7 +6,7 @@ use crate::account::{self, Me};
 use crate::auth::grants_admin;
 use crate::auth::identity::StepUp;
 use crate::auth::oidc::{Login, ShopIdTokenClaims};
-use crate::auth::tokens::{StoredLogin, store_login};
+use crate::auth::tokens::{LoginSource, StoredLogin, store_login};
 use crate::error::{AppError, Result};
 use crate::routes::page::relative;
 use crate::routes::respond::found;
@@ -70,6 +70,15 @@ async fn complete_login(
         .take_login(state_param)
         .map_err(|e| AppError::Unexpected(e.into()))?
         .ok_or_else(stale_login)?;
+    // The provider this login was sent to; only its answer is accepted.
+    let oidc = if login.provider.is_empty() {
+        state.providers.first()
+    } else {
+        state
+            .providers
+            .by_id(&login.provider)
+            .ok_or_else(stale_login)?
+    };
     if let Some(error) = query.error {
         if login.step_up.is_some() {
             // A cancelled or refused re-authentication: back to the cart, nothing ordered.
@@ -82,16 +91,17 @@ async fn complete_login(
         }
         return Err(provider_said_no(&error, query.error_description.as_deref()));
     }
-    // RFC 9207: an `iss` that is not our provider means a mix-up attack; a missing one, from
-    // a provider that announced it sends one, too.
+    // RFC 9207: an `iss` that is not the provider this login went to means a mix-up attack
+    // (another of the shop's providers included); a missing one, from a provider that
+    // announced it sends one, too.
     match &query.iss {
-        Some(iss) if iss.trim_end_matches('/') != state.oidc.issuer().trim_end_matches('/') => {
-            tracing::warn!("Callback `iss` does not match the configured issuer");
+        Some(iss) if iss.trim_end_matches('/') != oidc.issuer().trim_end_matches('/') => {
+            tracing::warn!(provider = %oidc.id(), "Callback `iss` does not match the login's provider");
             return Err(AppError::Forbidden(
                 "The sign-in response came from an unexpected identity provider.".into(),
             ));
         }
-        None if state.oidc.requires_iss().await.map_err(provider_error)? => {
+        None if oidc.requires_iss().await.map_err(provider_error)? => {
             tracing::warn!("Callback without the `iss` its provider announced (RFC 9207)");
             return Err(AppError::Forbidden(
                 "The sign-in response did not say which identity provider sent it.".into(),
@@ -106,7 +116,7 @@ async fn complete_login(
             AppError::BadRequest("The sign-in response has no authorization code.".into())
         })?;
     let started = std::time::Instant::now();
-    let exchanged = state.oidc.exchange_code(code, &login).await;
+    let exchanged = oidc.exchange_code(code, &login).await;
     state
         .metrics
         .provider_duration
@@ -130,7 +140,10 @@ async fn complete_login(
         &state.pool,
         &state.cipher,
         &state.settings.refresh.cadence(),
-        state.oidc.issuer(),
+        &LoginSource {
+            issuer: oidc.issuer(),
+            link_verified_emails: oidc.links_verified_emails(),
+        },
         &tokens,
     )
     .await?;
@@ -153,7 +166,7 @@ async fn complete_login(
     session
         .log_in(token_id, &client)
         .map_err(|e| AppError::Unexpected(e.into()))?;
-    tracing::info!(%token_id, "User logged in");
+    tracing::info!(%token_id, provider = %oidc.id(), "User logged in");
     // 302, as the login flow's redirects are (the design's contract for `/callback`).
     Ok(found(&login.return_to))
 }

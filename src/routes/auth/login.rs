@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::provider_error;
 use crate::auth::identity::StepUp;
+use crate::auth::oidc::OidcError;
 use crate::auth::{login_url, safe_return_to};
 use crate::error::{AppError, Result};
 use crate::routes::identity::same_site_referer;
@@ -22,6 +23,31 @@ pub struct LoginQuery {
     /// shopper who is logged in.
     #[serde(default)]
     step_up: Option<String>,
+    /// `[[oidc.providers]] id`: which provider to sign in with (a chooser without it, when
+    /// there are several).
+    provider: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ChooserPage {
+    providers: Vec<ChoiceLink>,
+}
+
+#[derive(Serialize)]
+struct ChoiceLink {
+    id: String,
+    name: String,
+    url: String,
+}
+
+/// `/login` for provider `id`, coming back to `return_to`.
+fn provider_login_url(id: &str, return_to: &str) -> String {
+    let mut url = format!("/login?provider={id}");
+    if return_to != "/" {
+        url.push_str("&return_to=");
+        url.extend(url::form_urlencoded::byte_serialize(return_to.as_bytes()));
+    }
+    url
 }
 
 #[derive(Serialize)]
@@ -61,11 +87,55 @@ pub async fn start_login(
         max_age_secs: state.settings.checkout.step_up_max_age_secs,
         acr_values: state.settings.checkout.step_up_acr_values.clone(),
     });
-    let (url, pending) = state
-        .oidc
+    let providers = &state.providers;
+    // A step-up confirms the login at hand, so it goes to that login's provider.
+    let chosen = match (
+        session.auth().filter(|_| step_up.is_some()),
+        &query.provider,
+    ) {
+        (Some(auth), _) => providers.by_issuer(&auth.issuer),
+        (None, Some(id)) => Some(providers.by_id(id).ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "There is no sign-in provider called “{}” here.",
+                id.chars().take(40).collect::<String>()
+            ))
+        })?),
+        (None, None) if providers.several() => {
+            let layout = page_layout(&state, &session);
+            let page = ChooserPage {
+                providers: providers
+                    .all()
+                    .iter()
+                    .map(|p| ChoiceLink {
+                        id: p.id().to_owned(),
+                        name: p.display_name().to_owned(),
+                        url: provider_login_url(p.id(), &return_to),
+                    })
+                    .collect(),
+            };
+            return Ok(render(&state.tera, "auth/choose.html", &layout, page)?.with_no_store());
+        }
+        (None, None) => Some(providers.first()),
+    };
+    let oidc = chosen.ok_or_else(|| {
+        AppError::BadRequest(
+            "The provider of this sign-in is no longer offered; please log in again.".into(),
+        )
+    })?;
+    let (url, pending) = oidc
         .authorization_request(return_to, step_up)
         .await
-        .map_err(provider_error)?;
+        .map_err(|e| match e {
+            // Refused before any code exists: the provider rejects the request itself (PAR).
+            OidcError::Refused { .. } => {
+                tracing::warn!(provider = %oidc.id(), error = %e, "The provider refused the authorization request");
+                AppError::BadGateway(
+                    "The identity provider refused to start the sign-in. Please try again later."
+                        .into(),
+                )
+            }
+            other => provider_error(other),
+        })?;
     session
         .begin_login(pending)
         .map_err(|e| AppError::Unexpected(e.into()))?;

@@ -44,10 +44,13 @@ pub async fn log_out(
         return Ok(see_other("/"));
     };
     state.revoker.nudge();
-    let end_session = state
-        .oidc
-        .end_session_url(ended.id_token.as_ref(), &crate::crypto::random_token(16))
-        .await;
+    let end_session = match state.providers.by_issuer(&ended.issuer) {
+        Some(oidc) => {
+            oidc.end_session_url(ended.id_token.as_ref(), &crate::crypto::random_token(16))
+                .await
+        }
+        None => None,
+    };
     tracing::info!(user_id = %auth.user_id, "User logged out");
     // Without RP-initiated logout (Google has none), the shop's own page says what happened.
     Ok(see_other(

@@ -1,5 +1,6 @@
 pub mod backchannel;
 pub mod callback;
+pub mod jwks;
 pub mod login;
 pub mod logout;
 pub mod profile;

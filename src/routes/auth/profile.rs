@@ -46,26 +46,32 @@ pub async fn profile_page(
 ) -> Result<HttpResponse> {
     const HERE: &str = "/profile";
     let mut rejected = None;
-    let (tokens, info) = loop {
-        let tokens = state
-            .refresher
-            .usable_access_token(auth.token_id, rejected)
-            .await
-            .map_err(|e| access_error(e, HERE))?;
-        match state.oidc.userinfo(&tokens.access_token).await {
-            Ok(info) => break (tokens, info),
-            // The provider no longer accepts the access token: refresh once, then re-login.
-            Err(OidcError::Refused { .. }) if rejected.is_none() => {
-                rejected = Some(tokens.access_expires_at);
-            }
-            Err(OidcError::Refused { .. }) => {
-                return Err(AppError::LoginRequired {
+    let (tokens, info) =
+        loop {
+            let tokens = state
+                .refresher
+                .usable_access_token(auth.token_id, rejected)
+                .await
+                .map_err(|e| access_error(e, HERE))?;
+            let oidc = state.providers.by_issuer(&tokens.issuer).ok_or_else(|| {
+                AppError::LoginRequired {
                     return_to: HERE.into(),
-                });
+                }
+            })?;
+            match oidc.userinfo(&tokens.access_token).await {
+                Ok(info) => break (tokens, info),
+                // The provider no longer accepts the access token: refresh once, then re-login.
+                Err(OidcError::Refused { .. }) if rejected.is_none() => {
+                    rejected = Some(tokens.access_expires_at);
+                }
+                Err(OidcError::Refused { .. }) => {
+                    return Err(AppError::LoginRequired {
+                        return_to: HERE.into(),
+                    });
+                }
+                Err(e) => return Err(super::provider_error(e)),
             }
-            Err(e) => return Err(super::provider_error(e)),
-        }
-    };
+        };
     // Userinfo must describe the signed-in subject (OIDC Core 5.3.2); if it names another,
     // its answer is ignored and the page shows what the verified ID token vouches for.
     let (claims, notice) = if info.subject().as_str() == auth.subject {
