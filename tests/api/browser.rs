@@ -167,3 +167,30 @@ async fn a_shopper_signs_out_another_browser_and_confirms_a_large_order(
     .unwrap();
     assert_eq!(audit, ["sign_out_session"]);
 }
+
+#[sqlx::test]
+async fn shoppers_choose_between_two_providers(opts: PgPoolOptions, db: PgConnectOptions) {
+    let two = crate::several_providers::spawn_two(opts, db, |_| {}).await;
+    storefront::shop::demo::load(&two.app.pool).await.unwrap();
+    let shots = screenshot_dir("providers-journey");
+    let out = run_journey(
+        "providers-journey.mjs",
+        &[
+            ("SHOP_URL", two.app.address.clone()),
+            ("STAFF_ISSUER", two.staff.issuer.clone()),
+            ("SHOPPERS_ISSUER", two.shoppers.issuer.clone()),
+            ("SCREENSHOT_DIR", shots.display().to_string()),
+        ],
+    )
+    .await;
+    assert!(out.contains("providers journey: ok"), "{out}");
+    let issuers: Vec<String> =
+        sqlx::query_scalar("SELECT t.issuer FROM oauth_tokens t ORDER BY t.subject")
+            .fetch_all(&two.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        issuers,
+        [two.staff.issuer.clone(), two.shoppers.issuer.clone()]
+    );
+}

@@ -202,3 +202,178 @@ async fn the_database_commands_need_only_the_database_url(
         "{stdout}"
     );
 }
+
+/// A config folder holding `shop.toml` with `body`, for the provider-list tests.
+fn folder_with(name: &str, body: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("storefront-config-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("shop.toml"), body).unwrap();
+    dir
+}
+
+fn secrets() -> Vec<(&'static str, String)> {
+    vec![
+        ("database.url", "postgres://postgres@127.0.0.1/x".into()),
+        ("session.secret_key", random_b64(64)),
+        ("tokens.encryption_key", random_b64(32)),
+    ]
+}
+
+const TWO_PROVIDERS: &str = r#"
+[oidc]
+scopes = ["openid", "email"]
+
+[[oidc.providers]]
+id = "google"
+display_name = "Google"
+issuer_url = "https://accounts.google.com"
+client_id = "shop.apps.googleusercontent.com"
+client_secret = "g-secret"
+extra_auth_params = { access_type = "offline", prompt = "consent" }
+
+[[oidc.providers]]
+id = "staff"
+issuer_url = "https://login.example.com/realms/staff"
+client_id = "storefront"
+token_endpoint_auth_method = "private_key_jwt"
+par = "required"
+groups_claim = "realm_access.roles"
+"#;
+
+fn client_key_pem() -> String {
+    use rsa::pkcs8::EncodePrivateKey;
+    rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)
+        .unwrap()
+        .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_list_of_providers_loads_and_each_inherits_what_it_leaves_out() {
+    let dir = folder_with("two", TWO_PROVIDERS);
+    let settings = Sources {
+        dir: Some(&dir),
+        environment: Some("shop"),
+        vars: HashMap::from([("STOREFRONT__OIDC__CLIENT_KEYS".into(), client_key_pem())]),
+        overrides: &secrets(),
+    }
+    .settings()
+    .unwrap();
+    let providers = settings.providers();
+    assert_eq!(providers.len(), 2);
+    let (google, staff) = (&providers[0], &providers[1]);
+    assert_eq!(
+        (google.id.as_str(), google.display_name.as_str()),
+        ("google", "Google")
+    );
+    assert_eq!(google.scopes, ["openid", "email"], "from [oidc]");
+    assert_eq!(google.extra_auth_params["access_type"], "offline");
+    assert_eq!(
+        google.redirect_url.as_str(),
+        "http://127.0.0.1:8080/callback"
+    );
+    assert_eq!(staff.display_name, "staff", "the id when no name is given");
+    assert_eq!(staff.groups_claim, "realm_access.roles");
+    assert_eq!(staff.par, storefront::configuration::Par::Required);
+    assert!(staff.client_secret.is_none());
+    assert_eq!(settings.oidc.client_keys.len(), 1);
+    assert_eq!(
+        settings.oidc.client_keys[0].kid.len(),
+        43,
+        "a SHA-256 thumbprint"
+    );
+
+    // The one-provider keys are a list of one, with the id `default`.
+    let single = get_configuration_with(&config_dir(), None, &base()).unwrap();
+    let one = single.providers();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].id, "default");
+    assert_eq!(one[0].issuer_url.as_str(), "http://127.0.0.1:4000/");
+}
+
+#[test]
+fn a_provider_list_that_cannot_work_is_refused_naming_the_key() {
+    let refused = |name: &str, body: &str, vars: &[(&str, String)]| {
+        let dir = folder_with(name, body);
+        Sources {
+            dir: Some(&dir),
+            environment: Some("shop"),
+            vars: vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+            overrides: &secrets(),
+        }
+        .settings()
+        .err()
+        .unwrap_or_else(|| panic!("{name} should be refused"))
+        .to_string()
+    };
+    // private_key_jwt without a key.
+    let e = refused("nokey", TWO_PROVIDERS, &[]);
+    assert!(e.contains("oidc.client_keys") && e.contains("staff"), "{e}");
+    // A key that is not one.
+    let e = refused(
+        "badkey",
+        TWO_PROVIDERS,
+        &[(
+            "STOREFRONT__OIDC__CLIENT_KEYS",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----".into(),
+        )],
+    );
+    assert!(e.contains("oidc.client_keys") && e.contains("PEM"), "{e}");
+    // The same id twice, the same issuer twice, an id unfit for a URL.
+    let twice = TWO_PROVIDERS.replace("id = \"staff\"", "id = \"google\"");
+    let e = refused(
+        "twice",
+        &twice,
+        &[("STOREFRONT__OIDC__CLIENT_KEYS", client_key_pem())],
+    );
+    assert!(
+        e.contains("oidc.providers[1].id") && e.contains("twice"),
+        "{e}"
+    );
+    let same_issuer = TWO_PROVIDERS.replace(
+        "https://login.example.com/realms/staff",
+        "https://accounts.google.com/",
+    );
+    let e = refused(
+        "issuer",
+        &same_issuer,
+        &[("STOREFRONT__OIDC__CLIENT_KEYS", client_key_pem())],
+    );
+    assert!(e.contains("oidc.providers[1].issuer_url"), "{e}");
+    let e = refused(
+        "badid",
+        &TWO_PROVIDERS.replace("id = \"google\"", "id = \"goo gle\""),
+        &[],
+    );
+    assert!(e.contains("oidc.providers[0].id"), "{e}");
+    // A secret-based provider without its secret.
+    let e = refused(
+        "nosecret",
+        &TWO_PROVIDERS.replace("client_secret = \"g-secret\"", ""),
+        &[("STOREFRONT__OIDC__CLIENT_KEYS", client_key_pem())],
+    );
+    assert!(e.contains("oidc.providers[0].client_secret"), "{e}");
+    // Both ways at once.
+    let both = format!("{TWO_PROVIDERS}\n");
+    let e = refused(
+        "both",
+        &both.replacen(
+            "[oidc]\n",
+            "[oidc]\nissuer_url = \"https://op.example\"\n",
+            1,
+        ),
+        &[("STOREFRONT__OIDC__CLIENT_KEYS", client_key_pem())],
+    );
+    assert!(e.contains("oidc.issuer_url"), "{e}");
+    // A typo in a provider's keys is not silently ignored.
+    let e = refused(
+        "typo",
+        &TWO_PROVIDERS.replace("display_name", "dispaly_name"),
+        &[],
+    );
+    assert!(e.contains("dispaly_name"), "{e}");
+}

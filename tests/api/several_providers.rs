@@ -16,10 +16,10 @@ use crate::helpers::{
 };
 use crate::provider_login::{self, LocalProvider};
 
-struct TwoProviders {
-    app: TestApp,
-    staff: LocalProvider,
-    shoppers: LocalProvider,
+pub struct TwoProviders {
+    pub app: TestApp,
+    pub staff: LocalProvider,
+    pub shoppers: LocalProvider,
 }
 
 fn entry(id: &str, name: &str, issuer: &str) -> ProviderEntry {
@@ -42,7 +42,7 @@ fn entry(id: &str, name: &str, issuer: &str) -> ProviderEntry {
 
 /// The shop with provider `staff` (client secret; PAR switched off for it) and provider
 /// `shoppers` (PAR required by the provider, private_key_jwt), `customize` applied last.
-async fn spawn_two(
+pub async fn spawn_two(
     opts: PgPoolOptions,
     db: PgConnectOptions,
     customize: impl FnOnce(&mut Settings),
