@@ -83,6 +83,13 @@ struct State {
     logout_endpoints: bool,
     /// A code exchange returns a refresh token (Google without `access_type=offline` does not).
     refresh_at_login: bool,
+    /// Discovery lists a pushed authorization request endpoint (RFC 9126), which answers
+    /// with this status (201: a `request_uri`).
+    par: Option<u16>,
+    /// Discovery says `require_pushed_authorization_requests`.
+    par_required: bool,
+    /// What the last pushed request carried: its form, and its `Authorization` header.
+    pushed: Option<(HashMap<String, String>, Option<String>)>,
 }
 
 #[derive(Clone)]
@@ -136,6 +143,9 @@ impl FakeIdp {
             announces_iss: true,
             logout_endpoints: true,
             refresh_at_login: true,
+            par: None,
+            par_required: false,
+            pushed: None,
         }));
         let idp = FakeIdp {
             issuer: issuer.clone(),
@@ -170,6 +180,7 @@ impl FakeIdp {
                 .route("/token", web::post().to(token))
                 .route("/userinfo", web::get().to(userinfo))
                 .route("/revoke", web::post().to(revoke))
+                .route("/par", web::post().to(par))
         })
         .workers(1)
         .listen(listener)
@@ -295,6 +306,19 @@ impl FakeIdp {
         self.state.lock().unwrap().rotation = rotation;
     }
 
+    /// Offers pushed authorization requests, answered with `status`; `required` makes
+    /// discovery demand them.
+    pub fn offer_par(&self, status: u16, required: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.par = Some(status);
+        state.par_required = required;
+    }
+
+    /// The form and `Authorization` header of the last pushed authorization request.
+    pub fn last_pushed(&self) -> Option<(HashMap<String, String>, Option<String>)> {
+        self.state.lock().unwrap().pushed.clone()
+    }
+
     pub fn set_access_ttl(&self, secs: u64) {
         self.state.lock().unwrap().access_ttl = secs;
     }
@@ -377,6 +401,14 @@ async fn discovery(ctx: web::Data<Ctx>) -> HttpResponse {
         let fields = document.as_object_mut().unwrap();
         fields.remove("end_session_endpoint");
         fields.remove("revocation_endpoint");
+    }
+    let (par, par_required) = {
+        let state = ctx.state.lock().unwrap();
+        (state.par, state.par_required)
+    };
+    if par.is_some() {
+        document["pushed_authorization_request_endpoint"] = json!(format!("{i}/par"));
+        document["require_pushed_authorization_requests"] = json!(par_required);
     }
     HttpResponse::Ok().json(document)
 }
@@ -563,6 +595,32 @@ async fn userinfo(ctx: web::Data<Ctx>, req: HttpRequest) -> HttpResponse {
             "sub": sub, "email": format!("{sub}@example.com"), "name": format!("User {sub}"),
         })),
         None => HttpResponse::Unauthorized().finish(),
+    }
+}
+
+async fn par(
+    ctx: web::Data<Ctx>,
+    req: HttpRequest,
+    form: web::Form<HashMap<String, String>>,
+) -> HttpResponse {
+    let mut state = ctx.state.lock().unwrap();
+    let authorization = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.pushed = Some((form.into_inner(), authorization));
+    match state.par {
+        Some(201) => HttpResponse::Created().json(json!({
+            "request_uri": "urn:ietf:params:oauth:request_uri:fake-123",
+            "expires_in": 60,
+        })),
+        Some(400) => HttpResponse::BadRequest().json(json!({
+            "error": "invalid_client", "error_description": "client authentication failed",
+        })),
+        Some(status) => HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .body("<html>down</html>"),
+        None => HttpResponse::NotFound().finish(),
     }
 }
 

@@ -287,3 +287,102 @@ async fn auth0(opts: PgPoolOptions, db: PgConnectOptions) {
     )
     .await;
 }
+
+/// RFC 9126 against a provider that offers pushed requests: the whole request goes to the
+/// provider from the server, authenticated; the browser carries only a reference to it.
+#[sqlx::test]
+async fn a_pushed_authorization_request_leaves_the_browser_only_a_reference(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let idp = FakeIdp::start().await;
+    idp.offer_par(201, false);
+    let app = spawn_app_with_idp(opts, db, idp.clone(), |_| {}).await;
+    let login = app.get("/login?return_to=%2Fcart").await;
+    assert_eq!(login.status().as_u16(), 302);
+    assert_eq!(
+        crate::helpers::location(&login),
+        format!(
+            "{}/authorize?client_id=storefront-test&request_uri=urn%3Aietf%3Aparams%3Aoauth%3Arequest_uri%3Afake-123",
+            idp.issuer
+        )
+    );
+    let (form, authorization) = idp.last_pushed().expect("the request was pushed");
+    for field in ["state", "nonce", "code_challenge", "redirect_uri", "scope"] {
+        assert!(form.contains_key(field), "{field} pushed: {form:?}");
+    }
+    assert_eq!(form["code_challenge_method"], "S256");
+    assert_eq!(form["response_type"], "code");
+    assert_eq!(form["client_id"], "storefront-test");
+    assert!(
+        !form.contains_key("client_secret"),
+        "the secret goes in the header"
+    );
+    assert!(authorization.is_some_and(|a| a.starts_with("Basic ")));
+
+    // The login completes with the pushed state and nonce.
+    let code = idp.code_for("alice", &form["nonce"]);
+    let back = app
+        .callback(&[("code", &code), ("state", &form["state"])])
+        .await;
+    crate::helpers::assert_found(&back, "/cart");
+
+    // `oidc.par = "off"`: the request is in the URL and nothing is pushed.
+    let off = FakeIdp::start().await;
+    off.offer_par(201, false);
+    let app = spawn_app_with_idp(PgPoolOptions::new(), app_db(&app), off.clone(), |s| {
+        s.oidc.par = storefront::configuration::Par::Off
+    })
+    .await;
+    let login = app.get("/login").await;
+    assert_eq!(authorize_param(&login, "response_type"), "code");
+    assert!(off.last_pushed().is_none());
+    // …unless the provider demands pushed requests.
+    let demands = FakeIdp::start().await;
+    demands.offer_par(201, true);
+    let app = spawn_app_with_idp(PgPoolOptions::new(), app_db(&app), demands.clone(), |s| {
+        s.oidc.par = storefront::configuration::Par::Off
+    })
+    .await;
+    assert_eq!(app.get("/login").await.status().as_u16(), 302);
+    assert!(demands.last_pushed().is_some());
+}
+
+fn app_db(app: &crate::helpers::TestApp) -> PgConnectOptions {
+    app.pool.connect_options().as_ref().clone()
+}
+
+#[sqlx::test]
+async fn a_pushed_request_the_provider_refuses_or_cannot_take_is_a_clear_error(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    // Down: 503, try again later.
+    let down = FakeIdp::start().await;
+    down.offer_par(503, false);
+    let app = spawn_app_with_idp(opts, db, down, |_| {}).await;
+    let login = app.get("/login").await;
+    assert_eq!(login.status().as_u16(), 503);
+    assert!(login.headers().contains_key("retry-after"));
+    assert_eq!(app.logged_in_sessions().await, 0);
+    // Refused (the client's credentials): 502, the provider's fault or ours, not the shopper's.
+    let refuses = FakeIdp::start().await;
+    refuses.offer_par(400, false);
+    let app = spawn_app_with_idp(PgPoolOptions::new(), app_db(&app), refuses, |_| {}).await;
+    let login = app.get("/login").await;
+    assert_eq!(login.status().as_u16(), 502);
+    assert!(
+        login
+            .text()
+            .await
+            .unwrap()
+            .contains("refused to start the sign-in")
+    );
+    // `par = "required"` and a provider without the endpoint: no sign-in sent unprotected.
+    let plain = FakeIdp::start().await;
+    let app = spawn_app_with_idp(PgPoolOptions::new(), app_db(&app), plain, |s| {
+        s.oidc.par = storefront::configuration::Par::Required
+    })
+    .await;
+    assert_eq!(app.get("/login").await.status().as_u16(), 503);
+}

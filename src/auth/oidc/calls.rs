@@ -85,14 +85,14 @@ impl Oidc {
             .await
             .map_err(|e| OidcError::Unavailable(error_chain(&e)))?;
         let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| {
-            OidcError::InvalidResponse(format!("pushed authorization request: {e}"))
-        })?;
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(OidcError::Unavailable(format!(
                 "the pushed authorization request endpoint answered {status}"
             )));
         }
+        let body: serde_json::Value = response.json().await.map_err(|e| {
+            OidcError::InvalidResponse(format!("pushed authorization request: {e}"))
+        })?;
         if !status.is_success() {
             return Err(OidcError::Refused {
                 error: body["error"]
