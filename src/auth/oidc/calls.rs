@@ -156,6 +156,16 @@ impl Oidc {
         }
     }
 
+    /// The client assertion of a token-endpoint call (`private_key_jwt`); none for a secret,
+    /// which the `openidconnect` client sends itself.
+    fn token_assertion(&self, provider: &Provider) -> impl Iterator<Item = (&'static str, String)> {
+        provider
+            .client_auth
+            .assertion_params(self.client_id.as_str(), &Self::token_audience(provider))
+            .into_iter()
+            .flatten()
+    }
+
     /// The audience of a client assertion sent to the token endpoint (RFC 7523 § 3).
     fn token_audience(provider: &Provider) -> String {
         provider
@@ -188,13 +198,7 @@ impl Oidc {
             .exchange_code(AuthorizationCode::new(code))
             .map_err(|e| OidcError::Unavailable(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(login.pkce_verifier.clone()));
-        let aud = Self::token_audience(&provider);
-        for (name, value) in provider
-            .client_auth
-            .assertion_params(self.client_id.as_str(), &aud)
-            .into_iter()
-            .flatten()
-        {
+        for (name, value) in self.token_assertion(&provider) {
             request = request.add_extra_param(name, value);
         }
         let response = request
@@ -229,13 +233,7 @@ impl Oidc {
         let mut request = client
             .exchange_refresh_token(&refresh)
             .map_err(|e| OidcError::Unavailable(e.to_string()))?;
-        let aud = Self::token_audience(&provider);
-        for (name, value) in provider
-            .client_auth
-            .assertion_params(self.client_id.as_str(), &aud)
-            .into_iter()
-            .flatten()
-        {
+        for (name, value) in self.token_assertion(&provider) {
             request = request.add_extra_param(name, value);
         }
         let response = request
