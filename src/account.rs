@@ -20,6 +20,9 @@ const RECENT_HOURS: i64 = 24;
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Device {
     pub session_id: Uuid,
+    /// The provider it signed in with.
+    #[serde(skip)]
+    pub issuer: String,
     pub created_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub ip: Option<String>,
@@ -49,8 +52,8 @@ pub async fn devices(
 ) -> Result<Vec<Device>, sqlx::Error> {
     let mut devices: Vec<Device> = crate::db::query_as(
         r#"
-        SELECT s.session_id, s.created_at, s.last_seen_at, host(s.ip) AS ip, s.user_agent,
-               l.token_id, l.access_expires_at, l.refresh_status
+        SELECT s.session_id, l.issuer, s.created_at, s.last_seen_at, host(s.ip) AS ip,
+               s.user_agent, l.token_id, l.access_expires_at, l.refresh_status
         FROM logins l
         JOIN sessions s USING (token_id)
         WHERE l.user_id = $1 AND s.expires_at > now()

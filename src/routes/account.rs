@@ -22,6 +22,8 @@ struct DeviceView {
     signed_in: String,
     last_seen: String,
     token_health: &'static str,
+    /// Which provider it signed in with, when the shop has several.
+    provider: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +58,10 @@ pub async fn sessions_page(
             signed_in: relative(device.created_at),
             last_seen: relative(device.last_seen_at),
             token_health: token_health(&device),
+            provider: state
+                .providers
+                .several()
+                .then(|| state.providers.display_name(&device.issuer)),
             device,
         })
         .collect();

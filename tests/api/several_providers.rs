@@ -392,4 +392,8 @@ async fn linking_takes_only_verified_emails_and_only_when_configured(
         .await
         .unwrap();
     assert_eq!(groups, ["admins"], "the account's own groups are kept");
+    // One account, two ways in: its devices page lists both, each with its provider.
+    let page = linked.get("/account/sessions").await.text().await.unwrap();
+    assert!(page.contains("signed in with Staff sign-in"), "{page}");
+    assert!(page.contains("signed in with Shopper ID"), "{page}");
 }
