@@ -7,7 +7,7 @@ pub mod refresh;
 pub mod revocation;
 pub mod tokens;
 
-use crate::configuration::AdminSettings;
+use crate::configuration::{AdminSettings, Settings};
 use identity::AuthState;
 
 /// `/login?return_to=…` for a path already known to be safe.
@@ -56,15 +56,17 @@ fn contains_encoded_separator(path: &str) -> bool {
 }
 
 /// An admin is named by group, subject or email in the `[admin]` settings; by email only
-/// when the provider vouches for it (`email_verified`).
-pub fn is_admin(settings: &AdminSettings, auth: &AuthState) -> bool {
-    grants_admin(
-        settings,
-        &auth.subject,
-        auth.email.as_deref(),
-        auth.email_verified,
-        &auth.groups,
-    )
+/// when the provider vouches for it (`email_verified`); and only through a provider
+/// `admin.providers` names, when there are several.
+pub fn is_admin(settings: &Settings, auth: &AuthState) -> bool {
+    settings.admins_may_sign_in_at(&auth.issuer)
+        && grants_admin(
+            &settings.admin,
+            &auth.subject,
+            auth.email.as_deref(),
+            auth.email_verified,
+            &auth.groups,
+        )
 }
 
 /// The admin rule on a login's parts: a group, the subject, or a verified email.

@@ -80,6 +80,7 @@ const LIST_KEYS: &[&str] = &[
     "admin.groups",
     "admin.subjects",
     "admin.emails",
+    "admin.providers",
     "checkout.step_up_acr_values",
     "tokens.previous_keys",
     "server.trusted_proxies",
@@ -344,7 +345,7 @@ impl Settings {
                 display_name: p.display_name.clone().unwrap_or_else(|| p.id.clone()),
                 issuer_url: p.issuer_url.clone(),
                 client_id: p.client_id.clone(),
-                client_secret: p.client_secret.clone().or_else(|| o.client_secret.clone()),
+                client_secret: p.client_secret.clone(),
                 redirect_url: p
                     .redirect_url
                     .clone()
@@ -473,7 +474,48 @@ impl Settings {
                 return Err(named(i, "scopes", "must include `openid`".into()));
             }
         }
+        if listed && o.client_secret.is_some() {
+            return Err(invalid(
+                "oidc.client_secret",
+                "belongs to the single provider: with [[oidc.providers]], give each provider its own client_secret (a secret is never sent to another provider)",
+            ));
+        }
+        if let Some(unknown) = self
+            .admin
+            .providers
+            .iter()
+            .find(|id| !providers.iter().any(|p| &p.id == *id))
+        {
+            return Err(invalid(
+                "admin.providers",
+                format!("names `{unknown}`, which is not a configured provider"),
+            ));
+        }
+        if providers.len() > 1 && self.admin.providers.is_empty() {
+            return Err(invalid(
+                "admin.providers",
+                "must name the providers whose sign-ins may be admins (with several providers, a subject, group or email is only as trustworthy as the provider asserting it)",
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether a sign-in at `issuer` may be an admin (`admin.providers`).
+    pub fn admins_may_sign_in_at(&self, issuer: &str) -> bool {
+        let same = |url: &Url| url.as_str().trim_end_matches('/') == issuer.trim_end_matches('/');
+        let allowed = &self.admin.providers;
+        // Empty only with one provider (validated): that one.
+        if allowed.is_empty() {
+            return true;
+        }
+        if self.oidc.providers.is_empty() {
+            return allowed.iter().any(|id| id == OidcSettings::SINGLE)
+                && self.oidc.issuer_url.as_ref().is_some_and(same);
+        }
+        self.oidc
+            .providers
+            .iter()
+            .any(|p| allowed.contains(&p.id) && same(&p.issuer_url))
     }
 }
 

@@ -318,6 +318,10 @@ pub struct AdminSettings {
     pub groups: Vec<String>,
     pub subjects: Vec<String>,
     pub emails: Vec<String>,
+    /// The providers (ids) whose sign-ins may be admins; empty: every provider, which only
+    /// a shop with one provider may leave (a subject, a group or an email is only as
+    /// trustworthy as the provider that asserts it).
+    pub providers: Vec<String>,
     /// Live sessions an admin may have (0: no limit), lower than shoppers'.
     pub max_sessions: u32,
 }

@@ -9,13 +9,13 @@ use serde::Serialize;
 use tera::{Context, Tera};
 
 use crate::auth::is_admin;
-use crate::configuration::AdminSettings;
+use crate::configuration::Settings;
 use crate::session::TypedSession;
 use crate::state::State;
 
 /// The layout every page renders in, from the freshly loaded session.
 pub fn page_layout(state: &State, session: &TypedSession) -> Layout {
-    Layout::for_session(session, &state.settings.admin)
+    Layout::for_session(session, &state.settings)
 }
 
 /// What the layout shows on every page: who is logged in, the cart, the CSRF token for forms.
@@ -30,11 +30,11 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn for_session(session: &TypedSession, admins: &AdminSettings) -> Self {
+    pub fn for_session(session: &TypedSession, settings: &Settings) -> Self {
         let auth = session.auth();
         Self {
             user_name: auth.as_ref().map(|a| a.display_name().to_owned()),
-            is_admin: auth.as_ref().is_some_and(|a| is_admin(admins, a)),
+            is_admin: auth.as_ref().is_some_and(|a| is_admin(settings, a)),
             // Anonymous visitors get a CSRF token (and so a session row) only from pages
             // that have a form; the layout's logout form needs one only when logged in.
             csrf_token: if auth.is_some() {

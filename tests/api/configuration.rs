@@ -220,6 +220,9 @@ fn secrets() -> Vec<(&'static str, String)> {
 }
 
 const TWO_PROVIDERS: &str = r#"
+[admin]
+providers = ["staff"]
+
 [oidc]
 scopes = ["openid", "email"]
 
@@ -369,6 +372,25 @@ fn a_provider_list_that_cannot_work_is_refused_naming_the_key() {
         &[("STOREFRONT__OIDC__CLIENT_KEYS", client_key_pem())],
     );
     assert!(e.contains("oidc.issuer_url"), "{e}");
+    // One provider's secret is never another's; admins need a provider named.
+    let e = refused(
+        "shared-secret",
+        &TWO_PROVIDERS.replacen("[oidc]\n", "[oidc]\nclient_secret = \"one\"\n", 1),
+        &[("STOREFRONT__OIDC__CLIENT_KEYS", client_key_pem())],
+    );
+    assert!(e.contains("oidc.client_secret"), "{e}");
+    let e = refused(
+        "no-admin-providers",
+        &TWO_PROVIDERS.replace("providers = [\"staff\"]", "providers = []"),
+        &[("STOREFRONT__OIDC__CLIENT_KEYS", client_key_pem())],
+    );
+    assert!(e.contains("admin.providers"), "{e}");
+    let e = refused(
+        "unknown-admin-provider",
+        &TWO_PROVIDERS.replace("providers = [\"staff\"]", "providers = [\"stafff\"]"),
+        &[("STOREFRONT__OIDC__CLIENT_KEYS", client_key_pem())],
+    );
+    assert!(e.contains("admin.providers") && e.contains("stafff"), "{e}");
     // A typo in a provider's keys is not silently ignored.
     let e = refused(
         "typo",

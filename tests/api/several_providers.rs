@@ -72,6 +72,8 @@ pub async fn spawn_two(
     settings.server.public_url = Url::parse(&base).unwrap();
     settings.oidc.issuer_url = None;
     settings.oidc.client_id = None;
+    settings.oidc.client_secret = None;
+    settings.admin.providers = vec!["staff".into()];
     settings.oidc.client_keys = vec![ClientKey::from_pem(&pem).unwrap()];
     let mut first = entry("staff", "Staff sign-in", &staff.issuer);
     first.client_secret = Some(secret.into());
@@ -214,8 +216,10 @@ async fn two_providers_sign_in_side_by_side_and_end_only_their_own_sessions(
     for browser in [&at_staff, &at_shoppers, &bob] {
         assert_eq!(browser.get("/profile").await.status().as_u16(), 200);
     }
-    // Admin rights come with the staff provider's groups only to that account.
+    // Admin rights only through the provider `admin.providers` names: alice is in the
+    // `admins` group at both providers, but only her staff sign-in opens the dashboard.
     assert_eq!(at_staff.get("/admin").await.status().as_u16(), 200);
+    assert_eq!(at_shoppers.get("/admin").await.status().as_u16(), 403);
 
     // The admin table names each session's provider.
     let table = at_staff.get("/admin/sessions").await.text().await.unwrap();
@@ -336,7 +340,8 @@ async fn linking_takes_only_verified_emails_and_only_when_configured(
         staff,
         shoppers,
     } = spawn_two(opts, db, |s| {
-        s.oidc.providers[1].link_verified_emails = true
+        s.oidc.providers[0].link_verified_emails = true;
+        s.oidc.providers[1].link_verified_emails = true;
     })
     .await;
     let at_staff = log_in_at(&app, "staff", "alice").await;
@@ -396,4 +401,91 @@ async fn linking_takes_only_verified_emails_and_only_when_configured(
     let page = linked.get("/account/sessions").await.text().await.unwrap();
     assert!(page.contains("signed in with Staff sign-in"), "{page}");
     assert!(page.contains("signed in with Shopper ID"), "{page}");
+}
+
+#[sqlx::test]
+async fn an_account_at_a_provider_not_trusted_for_linking_is_never_linked_onto(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    // Only the shoppers provider links: an account made at staff (which is not trusted with
+    // emails for linking) could have been registered by someone who merely claimed the address.
+    // (Both providers kept running: dropping one stops it.)
+    let TwoProviders {
+        app,
+        staff: _staff,
+        shoppers: _shoppers,
+    } = spawn_two(opts, db, |s| {
+        s.oidc.providers[1].link_verified_emails = true;
+    })
+    .await;
+    log_in_at(&app, "staff", "alice").await;
+    log_in_at(&app, "shoppers", "alice").await;
+    let accounts: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT user_id) FROM oauth_tokens WHERE subject = 'alice'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(accounts, 2);
+    let links: i64 = sqlx::query_scalar("SELECT count(*) FROM linked_identities")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(links, 0);
+}
+
+#[sqlx::test]
+async fn a_login_whose_provider_is_no_longer_configured_asks_for_a_new_login(
+    opts: PgPoolOptions,
+    db: PgConnectOptions,
+) {
+    let two = spawn_two(opts, db, |_| {}).await;
+    let browser = log_in_at(&two.app, "shoppers", "bob").await;
+    // The same database and secrets, configured with the staff provider only.
+    let mut settings = two.app.settings.clone();
+    settings.oidc.providers.truncate(1);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    settings.server.public_url = Url::parse(&address).unwrap();
+    let staff_only = spawn_on(
+        settings,
+        two.app.pool.clone(),
+        listener,
+        crate::fake_idp::FakeIdp::start().await,
+    )
+    .await;
+    // The browser's cookie reaches the other instance (cookies ignore the port).
+    let profile = browser
+        .client
+        .get(format!("{address}/profile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&profile), "/login?return_to=%2Fprofile");
+    // /login explains instead of sending the browser back to /profile (no loop).
+    let login = browser
+        .client
+        .get(format!("{address}/login?return_to=%2Fprofile"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 200);
+    assert!(login.text().await.unwrap().contains("log in again"));
+    // Its refresh cannot go anywhere: the login needs a new one, not retries forever.
+    sqlx::query("UPDATE oauth_tokens SET refresh_due_at = now()")
+        .execute(&staff_only.pool)
+        .await
+        .unwrap();
+    staff_only
+        .state
+        .refresher
+        .refresh_due(&CancellationToken::new())
+        .await
+        .unwrap();
+    let status: String = sqlx::query_scalar("SELECT refresh_status FROM oauth_tokens")
+        .fetch_one(&staff_only.pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "needs_login");
 }

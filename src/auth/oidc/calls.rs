@@ -321,8 +321,8 @@ impl Oidc {
             ("token".to_owned(), token.expose_secret().to_owned()),
             ("token_type_hint".to_owned(), hint.to_owned()),
         ];
-        let aud = Self::token_audience(&provider);
-        let request = self.authenticated(&provider, url.url(), &mut form, &aud);
+        // The assertion names the endpoint it is sent to, so it is worth nothing elsewhere.
+        let request = self.authenticated(&provider, url.url(), &mut form, url.url().as_str());
         let request = request.form(&form);
         let response = request
             .send()

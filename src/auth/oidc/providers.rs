@@ -73,6 +73,15 @@ impl Providers {
         self.by_issuer(claims.get("iss")?.as_str()?)
     }
 
+    /// The issuers of the providers trusted with emails for linking.
+    pub fn linking_issuers(&self) -> Vec<String> {
+        self.all
+            .iter()
+            .filter(|p| p.links_verified_emails())
+            .map(|p| p.issuer().to_owned())
+            .collect()
+    }
+
     /// What the admin tables call the provider of `issuer`.
     pub fn display_name(&self, issuer: &str) -> String {
         self.by_issuer(issuer)

@@ -334,11 +334,15 @@ impl Refresher {
         claim: Uuid,
         refresh_token: &SecretString,
     ) -> Result<Refreshed, OidcError> {
+        // A provider no longer configured: nothing can refresh this login; it needs a new one.
         let Some(oidc) = self.providers.by_issuer(&row.issuer) else {
-            return Err(OidcError::Unavailable(format!(
-                "no configured provider has the issuer {}",
-                row.issuer
-            )));
+            return Err(OidcError::Refused {
+                error: "invalid_grant".into(),
+                description: Some(format!(
+                    "no configured provider has the issuer {}",
+                    row.issuer
+                )),
+            });
         };
         let call = tokio::time::timeout(
             self.settings.call_timeout(),

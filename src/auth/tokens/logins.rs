@@ -25,6 +25,9 @@ pub struct StoredLogin {
 pub struct LoginSource<'a> {
     pub issuer: &'a str,
     pub link_verified_emails: bool,
+    /// The issuers of every provider trusted for linking: only their users are linked onto
+    /// (an account made at a provider that is not trusted with emails is never taken over).
+    pub linking_issuers: &'a [String],
 }
 
 /// Finds or creates the user the verified claims name, stores the login's tokens (encrypted)
@@ -33,8 +36,9 @@ pub struct LoginSource<'a> {
 ///
 /// The user is the identity's own, keyed by (issuer, subject): two providers with one email
 /// are two accounts. Only when the source allows it, an identity seen for the first time whose
-/// email the provider verified signs in as the one user of another provider with that same
-/// verified email, and stays linked to it (`linked_identities`); its profile and groups do not
+/// email the provider verified signs in as the one user with that same verified email of
+/// another provider also trusted for linking, and stays linked to it (`linked_identities`,
+/// followed only while its provider still allows linking); its profile and groups do not
 /// overwrite that user's.
 #[tracing::instrument(name = "Store login", skip_all, fields(user_id = tracing::field::Empty))]
 pub async fn store_login(
@@ -60,11 +64,12 @@ pub async fn store_login(
     let user_id: Uuid = crate::db::query_scalar(
         r#"
         WITH linked AS (
-            SELECT user_id FROM linked_identities WHERE issuer = $2 AND subject = $3
+            SELECT user_id FROM linked_identities WHERE $19 AND issuer = $2 AND subject = $3
         ), link_to AS (
             SELECT min(u.user_id::text)::uuid AS user_id FROM users u
             WHERE $19 AND $16 AND $4::text IS NOT NULL
               AND u.email_verified AND lower(u.email) = lower($4) AND u.issuer <> $2
+              AND u.issuer = ANY($20)
               AND NOT EXISTS (SELECT 1 FROM linked)
               AND NOT EXISTS (SELECT 1 FROM users o WHERE o.issuer = $2 AND o.subject = $3)
             HAVING count(*) = 1
@@ -123,6 +128,7 @@ pub async fn store_login(
     .bind(auth_time)
     .bind(acr)
     .bind(source.link_verified_emails)
+    .bind(source.linking_issuers)
     .fetch_one(pool)
     .await?;
     tracing::Span::current().record("user_id", tracing::field::display(user_id));

@@ -58,7 +58,7 @@ async fn require_admin(
             .map_into_left_body());
     };
     let refusal = match TypedSession::from_service_request(&req).auth() {
-        Some(user) if is_admin(&state.settings.admin, &user) => {
+        Some(user) if is_admin(&state.settings, &user) => {
             Admin::grant(&req, user);
             return next
                 .call(req)

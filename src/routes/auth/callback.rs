@@ -143,13 +143,14 @@ async fn complete_login(
         &LoginSource {
             issuer: oidc.issuer(),
             link_verified_emails: oidc.links_verified_emails(),
+            linking_issuers: &state.providers.linking_issuers(),
         },
         &tokens,
     )
     .await?;
     let token_id = stored.token_id;
     let ip = crate::routes::client_ip(req);
-    enforce_session_limit(state, session, &tokens, stored, ip.clone()).await?;
+    enforce_session_limit(state, session, oidc.issuer(), &tokens, stored, ip.clone()).await?;
     if login.step_up.is_some() {
         let _ = session.set_notice(
             "Large orders need a recent sign-in: thank you for confirming it is you. You can place your order now.",
@@ -218,6 +219,7 @@ fn confirms(step_up: &StepUp, claims: &ShopIdTokenClaims) -> Result<(), &'static
 async fn enforce_session_limit(
     state: &State,
     session: &TypedSession,
+    oidc_issuer: &str,
     login: &Login,
     stored: StoredLogin,
     ip: Option<String>,
@@ -226,13 +228,14 @@ async fn enforce_session_limit(
     let claims = &login.claims;
     let email = claims.email().map(|e| e.as_str().to_owned());
     let subject = claims.subject().as_str();
-    let admin = grants_admin(
-        &s.admin,
-        subject,
-        email.as_deref(),
-        login.email_verified,
-        &login.groups,
-    );
+    let admin = s.admins_may_sign_in_at(oidc_issuer)
+        && grants_admin(
+            &s.admin,
+            subject,
+            email.as_deref(),
+            login.email_verified,
+            &login.groups,
+        );
     let limit = if admin {
         s.admin.max_sessions
     } else {

@@ -71,7 +71,8 @@ pub async fn start_login(
         .or_else(|| same_site_referer(&req, &state.settings.server.public_url));
     let return_to = safe_return_to(here.as_deref());
     match session.auth() {
-        Some(auth) if auth.needs_login() => {
+        // Ended at the provider, or its provider is no longer offered.
+        Some(auth) if auth.needs_login() || state.providers.by_issuer(&auth.issuer).is_none() => {
             // Say why before sending the shopper away; the next click starts the login.
             session.forget_login();
             let layout = page_layout(&state, &session);
