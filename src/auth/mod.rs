@@ -12,16 +12,24 @@ use identity::AuthState;
 
 /// `/login?return_to=…` for a path already known to be safe.
 pub fn login_url(return_to: &str) -> String {
-    let safe = safe_return_to(Some(return_to));
-    if safe == "/" {
-        "/login".to_owned()
-    } else {
-        format!("/login?return_to={}", urlencode(&safe))
-    }
+    provider_login_url(None, return_to)
 }
 
-fn urlencode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+/// `/login?provider=…&return_to=…`: straight to one provider (`None`: the chooser, or the
+/// one provider). `return_to` is kept only if it is a safe path other than `/`.
+pub fn provider_login_url(provider: Option<&str>, return_to: &str) -> String {
+    let safe = safe_return_to(Some(return_to));
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    if let Some(id) = provider {
+        query.append_pair("provider", id);
+    }
+    if safe != "/" {
+        query.append_pair("return_to", &safe);
+    }
+    match query.finish() {
+        q if q.is_empty() => "/login".to_owned(),
+        q => format!("/login?{q}"),
+    }
 }
 
 /// Accepts only same-site relative paths (`/cart`, `/products/x?y=1`); anything that a browser

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::account::{self, Me, SignOut};
 use crate::error::Result;
+use crate::routes::auth::logout::to_provider_logout;
 use crate::routes::identity::CurrentUser;
 use crate::routes::page::{page_layout, relative, render};
 use crate::routes::respond::{NoStore, see_other};
@@ -159,15 +160,6 @@ pub async fn sign_out_everywhere(
         .iter()
         .find(|e| e.token_id == user.token_id)
         .and_then(|e| e.id_token.as_ref());
-    let end_session = match state.providers.by_issuer(&user.issuer) {
-        Some(oidc) => {
-            oidc.end_session_url(hint, &crate::crypto::random_token(16))
-                .await
-        }
-        None => None,
-    };
     tracing::info!(user_id = %user.user_id, sessions = ended.len(), "Signed out everywhere");
-    Ok(see_other(
-        end_session.as_ref().map_or("/signed-out", |u| u.as_str()),
-    ))
+    Ok(to_provider_logout(&state, &user.issuer, hint).await)
 }

@@ -230,17 +230,14 @@ impl CachedSession {
         (Some(auth), r)
     }
 
-    /// The persisted state, as the store hands it to a request.
-    pub fn state(&self) -> HashMap<String, String> {
-        let (_, mut r) = self.read_auth();
-        (0..r.len())
+    /// The persisted state, as the store hands it to a request, and the login and user if
+    /// logged in: the encoding read once.
+    pub fn contents(&self) -> (HashMap<String, String>, Option<AuthState>) {
+        let (auth, mut r) = self.read_auth();
+        let state = (0..r.len())
             .map(|_| (r.str().to_owned(), r.str().to_owned()))
-            .collect()
-    }
-
-    /// The login and user, if logged in.
-    pub fn auth(&self) -> Option<AuthState> {
-        self.read_auth().0
+            .collect();
+        (state, auth)
     }
 
     pub fn last_seen_at(&self) -> DateTime<Utc> {
@@ -475,9 +472,10 @@ mod tests {
         );
         assert_eq!(kept.session_id(), id);
         assert_eq!(kept.version(), i64::MAX);
-        assert_eq!(kept.state(), state);
+        let (kept_state, kept_auth) = kept.contents();
+        assert_eq!(kept_state, state);
         assert_eq!(
-            serde_json::to_value(kept.auth().unwrap()).unwrap(),
+            serde_json::to_value(kept_auth.unwrap()).unwrap(),
             serde_json::to_value(&auth).unwrap()
         );
         assert_eq!(kept.last_seen_at(), now - chrono::Duration::minutes(2));
@@ -488,11 +486,12 @@ mod tests {
             kept.at(ABSOLUTE_EXPIRES),
             "not past the absolute expiry"
         );
-        assert_eq!(touched.state(), state);
+        assert_eq!(touched.contents().0, state);
 
         let anonymous = CachedSession::new(id, HashMap::new(), 1, None, now, now, now);
-        assert!(anonymous.auth().is_none());
-        assert!(anonymous.state().is_empty());
+        let (empty, nobody) = anonymous.contents();
+        assert!(nobody.is_none());
+        assert!(empty.is_empty());
     }
 
     #[test]

@@ -106,10 +106,10 @@ impl PgSessionStore {
     /// A request's state from a loaded session: a copy with the store's own entries (the base
     /// for the merge, the version, the login).
     fn state_of(cached: &CachedSession) -> Result<State, serde_json::Error> {
-        let mut state = cached.state();
+        let (mut state, auth) = cached.contents();
         state.insert(BASE_KEY.to_owned(), serde_json::to_string(&state)?);
         state.insert(VERSION_KEY.to_owned(), cached.version().to_string());
-        if let Some(auth) = cached.auth() {
+        if let Some(auth) = auth {
             state.insert(AUTH_KEY.to_owned(), serde_json::to_string(&auth)?);
         }
         Ok(state)

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::provider_error;
 use crate::auth::identity::StepUp;
 use crate::auth::oidc::OidcError;
-use crate::auth::{login_url, safe_return_to};
+use crate::auth::{login_url, provider_login_url, safe_return_to};
 use crate::error::{AppError, Result};
 use crate::routes::identity::same_site_referer;
 use crate::routes::page::page_layout;
@@ -38,16 +38,6 @@ struct ChoiceLink {
     id: String,
     name: String,
     url: String,
-}
-
-/// `/login` for provider `id`, coming back to `return_to`.
-fn provider_login_url(id: &str, return_to: &str) -> String {
-    let mut url = format!("/login?provider={id}");
-    if return_to != "/" {
-        url.push_str("&return_to=");
-        url.extend(url::form_urlencoded::byte_serialize(return_to.as_bytes()));
-    }
-    url
 }
 
 #[derive(Serialize)]
@@ -110,7 +100,7 @@ pub async fn start_login(
                     .map(|p| ChoiceLink {
                         id: p.id().to_owned(),
                         name: p.display_name().to_owned(),
-                        url: provider_login_url(p.id(), &return_to),
+                        url: provider_login_url(Some(p.id()), &return_to),
                     })
                     .collect(),
             };

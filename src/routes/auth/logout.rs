@@ -1,4 +1,5 @@
 use actix_web::{HttpResponse, web};
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::auth::tokens;
@@ -44,18 +45,26 @@ pub async fn log_out(
         return Ok(see_other("/"));
     };
     state.revoker.nudge();
-    let end_session = match state.providers.by_issuer(&ended.issuer) {
+    tracing::info!(user_id = %auth.user_id, "User logged out");
+    Ok(to_provider_logout(&state, &ended.issuer, ended.id_token.as_ref()).await)
+}
+
+/// Where the browser goes once its login has ended: the end-session endpoint of the login's
+/// own provider (RP-initiated logout), or, when it has none (Google) or is no longer
+/// configured, the shop's own page saying what happened.
+pub async fn to_provider_logout(
+    state: &State,
+    issuer: &str,
+    id_token_hint: Option<&SecretString>,
+) -> HttpResponse {
+    let end_session = match state.providers.by_issuer(issuer) {
         Some(oidc) => {
-            oidc.end_session_url(ended.id_token.as_ref(), &crate::crypto::random_token(16))
+            oidc.end_session_url(id_token_hint, &crate::crypto::random_token(16))
                 .await
         }
         None => None,
     };
-    tracing::info!(user_id = %auth.user_id, "User logged out");
-    // Without RP-initiated logout (Google has none), the shop's own page says what happened.
-    Ok(see_other(
-        end_session.as_ref().map_or("/signed-out", |u| u.as_str()),
-    ))
+    see_other(end_session.as_ref().map_or("/signed-out", |u| u.as_str()))
 }
 
 /// `GET /signed-out`: where logout ends when the provider has no `end_session_endpoint`.
