@@ -30,6 +30,11 @@ pub async fn start(shop: &str, secret: &str, access_ttl_secs: u32) -> LocalProvi
 }
 
 /// As [`start`], with more of the provider's settings (`IDP_CLIENT_AUTH`, `IDP_REQUIRE_PAR`…).
+///
+/// The port is picked free and then handed to Node, so another process may take it in
+/// between: a provider that cannot listen is started again on another port. One that exits
+/// for any other reason, or does not answer discovery within a minute (a loaded machine
+/// starts Node slowly), fails the test with what it printed.
 pub async fn start_with(
     shop: &str,
     secret: &str,
@@ -41,46 +46,91 @@ pub async fn start_with(
         dir.join("node_modules/oidc-provider").exists(),
         "run `scripts/idp.sh install` (npm ci in idp/) first"
     );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("node")
-        .arg("server.js")
-        .current_dir(&dir)
-        .env("IDP_PORT", port.to_string())
-        .env("IDP_CLIENT_ID", "storefront")
-        .env("IDP_CLIENT_SECRET", secret)
-        .env("IDP_REDIRECT_URIS", format!("{shop}/callback"))
-        .env("IDP_POST_LOGOUT_REDIRECT_URIS", format!("{shop}/"))
-        .env(
-            "IDP_BACKCHANNEL_LOGOUT_URI",
-            format!("{shop}/backchannel-logout"),
-        )
-        .env("IDP_LOG_REQUESTS", "0")
-        .env("IDP_ACCESS_TOKEN_TTL", access_ttl_secs.to_string())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node runs");
-    // Owned at once, so the process is killed however this function ends.
-    let provider = LocalProvider {
-        issuer: format!("http://127.0.0.1:{port}"),
-        child,
-    };
-    let url = format!("{}/.well-known/openid-configuration", provider.issuer);
-    for _ in 0..100 {
-        if reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return provider;
+    for _ in 0..3 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log =
+            std::env::temp_dir().join(format!("storefront-idp-{}-{port}.log", std::process::id()));
+        let output = std::fs::File::create(&log).expect("a log file for the provider");
+        let child = Command::new("node")
+            .arg("server.js")
+            .current_dir(&dir)
+            .env("IDP_PORT", port.to_string())
+            .env("IDP_CLIENT_ID", "storefront")
+            .env("IDP_CLIENT_SECRET", secret)
+            .env("IDP_REDIRECT_URIS", format!("{shop}/callback"))
+            .env("IDP_POST_LOGOUT_REDIRECT_URIS", format!("{shop}/"))
+            .env(
+                "IDP_BACKCHANNEL_LOGOUT_URI",
+                format!("{shop}/backchannel-logout"),
+            )
+            .env("IDP_LOG_REQUESTS", "0")
+            .env("IDP_ACCESS_TOKEN_TTL", access_ttl_secs.to_string())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::from(output.try_clone().expect("the log file")))
+            .stderr(Stdio::from(output))
+            .spawn()
+            .expect("node runs");
+        // Owned at once, so the process is killed however this function ends.
+        let mut provider = LocalProvider {
+            issuer: format!("http://127.0.0.1:{port}"),
+            child,
+        };
+        let started = provider.wait_until_ready(&log).await;
+        let printed = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        match started {
+            Ready::Yes => return provider,
+            Ready::Exited if printed.contains("cannot listen") => continue,
+            Ready::Exited => panic!("the local provider exited at start:\n{printed}"),
+            Ready::TimedOut => panic!("the local provider did not start in time:\n{printed}"),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the local provider did not start");
+    panic!("the local provider found no free port in three tries");
+}
+
+enum Ready {
+    Yes,
+    Exited,
+    TimedOut,
+}
+
+impl LocalProvider {
+    /// Waits until the process says it listens (so the port is its own, not another
+    /// process's that took it first) and discovery answers.
+    async fn wait_until_ready(&mut self, log: &std::path::Path) -> Ready {
+        let url = format!("{}/.well-known/openid-configuration", self.issuer);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        for _ in 0..600 {
+            if self
+                .child
+                .try_wait()
+                .expect("the provider's status")
+                .is_some()
+            {
+                return Ready::Exited;
+            }
+            let listening = std::fs::read_to_string(log)
+                .is_ok_and(|printed| printed.contains("storefront-idp listening on"));
+            if listening
+                && client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            {
+                return Ready::Yes;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ready::TimedOut
+    }
 }
 
 fn location(response: &reqwest::Response) -> &str {
