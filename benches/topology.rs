@@ -130,7 +130,7 @@ async fn run() -> anyhow::Result<()> {
     cluster.script(&["start-instance", "5"], Some(&settings))?;
     let pooled = format!("http://127.0.0.1:{}", base + 5);
 
-    let db = PgPoolOptions::new()
+    let db = storefront::db::without_reaper(PgPoolOptions::new())
         .max_connections(2)
         .connect(&format!(
             "postgres://postgres@127.0.0.1:{}/storefront",

@@ -189,7 +189,10 @@ impl Metrics {
 
     /// The text exposition. Costs no query: the database gauges are read in the background.
     pub fn render(&self, pool: &PgPool) -> String {
-        let idle = pool.num_idle() as i64;
+        // Read apart from `size`, so never more than it.
+        let idle = i64::try_from(pool.num_idle())
+            .unwrap_or(i64::MAX)
+            .min(i64::from(pool.size()));
         self.pool_connections.with_label_values(&["idle"]).set(idle);
         self.pool_connections
             .with_label_values(&["in_use"])

@@ -258,7 +258,7 @@ pub fn spawn_notifications(
         None => (*state.pool.connect_options()).clone(),
     };
     // One connection listens, one pings.
-    let listen = sqlx::postgres::PgPoolOptions::new()
+    let listen = crate::db::without_reaper(sqlx::postgres::PgPoolOptions::new())
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(2))
         .connect_lazy_with(options);

@@ -56,7 +56,7 @@ pub async fn fresh_database() -> anyhow::Result<(PgPool, String)> {
     conn.execute(format!("CREATE DATABASE {DATABASE}").as_str())
         .await?;
     conn.close().await?;
-    let pool = PgPoolOptions::new()
+    let pool = storefront::db::without_reaper(PgPoolOptions::new())
         .max_connections(16)
         .connect_with(admin.database(DATABASE))
         .await?;

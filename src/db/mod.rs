@@ -70,12 +70,26 @@ impl DatabaseSettings {
 
     /// Pool settings shared by the server, the workers and the tests.
     pub fn pool_options(&self) -> PgPoolOptions {
-        PgPoolOptions::new()
+        without_reaper(PgPoolOptions::new())
             .max_connections(self.max_connections)
             .acquire_timeout(self.acquire_timeout())
             // A connection that died with a Postgres restart is noticed before it is used.
             .test_before_acquire(true)
     }
+}
+
+/// `options` without sqlx's idle reaper (no idle timeout, no maximum lifetime), for every
+/// pool the shop opens.
+///
+/// In sqlx 0.8 the reaper walks `0..num_idle()`, and a connection released on one thread
+/// while another takes it can leave that count wrapped to `usize::MAX` for a moment: the
+/// reaper then spins a core without ever yielding, and every task of the runtime it runs on
+/// (the refresher's, for `serve`) stops (launchbadge/sqlx#3645, fixed in sqlx 0.9.1). The
+/// shop loses nothing without it: the pool is small and bounded, a connection that died is
+/// noticed before use (`test_before_acquire`), and a pooler in front of Postgres
+/// (`server_lifetime`, `server_idle_timeout`) recycles server connections.
+pub fn without_reaper(options: PgPoolOptions) -> PgPoolOptions {
+    options.idle_timeout(None).max_lifetime(None)
 }
 
 /// A pool that connects on first use, so the shop starts while Postgres is still coming up.
@@ -138,7 +152,17 @@ fn is_outage_sqlstate(code: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_outage_sqlstate;
+    use super::{is_outage_sqlstate, without_reaper};
+    use sqlx::postgres::PgPoolOptions;
+
+    #[test]
+    fn pools_run_no_idle_reaper() {
+        // sqlx spawns its reaper only when one of the two is set.
+        let options =
+            without_reaper(PgPoolOptions::new().idle_timeout(std::time::Duration::from_secs(1)));
+        assert_eq!(options.get_idle_timeout(), None);
+        assert_eq!(options.get_max_lifetime(), None);
+    }
 
     #[test]
     fn connection_refusals_are_outages_and_query_errors_are_not() {

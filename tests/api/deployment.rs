@@ -65,7 +65,7 @@ impl Cluster {
 
     /// The shop's database through the primary route, as a DBA would reach it.
     async fn database(&self) -> PgPool {
-        PgPoolOptions::new()
+        storefront::db::without_reaper(PgPoolOptions::new())
             .max_connections(2)
             .connect(&format!(
                 "postgres://postgres@127.0.0.1:{}/storefront",

@@ -119,7 +119,7 @@ pub async fn spawn_app_with_idp(
     let address = format!("http://127.0.0.1:{port}");
     settings.server.public_url = Url::parse(&address).unwrap();
     customize(&mut settings);
-    let pool = pool_opts
+    let pool = storefront::db::without_reaper(pool_opts)
         .max_connections(settings.database.max_connections)
         .acquire_timeout(settings.database.acquire_timeout())
         .connect_lazy_with(settings.database.tune(db));

@@ -38,7 +38,7 @@ pub async fn spawn_with_real_idp_with(
     let mut settings = test_settings(&idp.issuer, "storefront", &secret);
     settings.server.public_url = Url::parse(&base).unwrap();
     customize(&mut settings);
-    let pool = opts.connect_lazy_with(db);
+    let pool = storefront::db::without_reaper(opts).connect_lazy_with(db);
     let fake = crate::fake_idp::FakeIdp::start().await;
     (spawn_on(settings, pool, listener, fake).await, idp)
 }

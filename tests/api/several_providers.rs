@@ -85,7 +85,7 @@ pub async fn spawn_two(
     settings.oidc.providers = vec![first, second];
     customize(&mut settings);
     settings.validate().expect("a valid configuration");
-    let pool = opts.connect_lazy_with(db);
+    let pool = storefront::db::without_reaper(opts).connect_lazy_with(db);
     let fake = crate::fake_idp::FakeIdp::start().await;
     TwoProviders {
         app: spawn_on(settings, pool, listener, fake).await,
