@@ -164,6 +164,17 @@ async fn two_providers_sign_in_side_by_side_and_end_only_their_own_sessions(
     );
     assert!(html.contains("Sign in with Shopper ID"), "{html}");
     assert!(!html.contains("<script"), "no script on the chooser");
+    // A re-authentication asked for while logged out keeps asking for it at either provider.
+    let html = app
+        .get("/login?return_to=%2Fcart&step_up=1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        attr(&html, "#provider-shoppers", "href").as_deref(),
+        Some("/login?provider=shoppers&return_to=%2Fcart&step_up=1")
+    );
     let unknown = app.get("/login?provider=nobody").await;
     assert_eq!(unknown.status().as_u16(), 400);
 

@@ -97,10 +97,18 @@ pub async fn start_login(
                 providers: providers
                     .all()
                     .iter()
-                    .map(|p| ChoiceLink {
-                        id: p.id().to_owned(),
-                        name: p.display_name().to_owned(),
-                        url: provider_login_url(Some(p.id()), &return_to),
+                    .map(|p| {
+                        let url = provider_login_url(Some(p.id()), &return_to);
+                        ChoiceLink {
+                            id: p.id().to_owned(),
+                            name: p.display_name().to_owned(),
+                            // Asked for while logged out: the sign-in still asks the provider
+                            // for the recent authentication (and `acr`) a large order needs.
+                            url: match step_up {
+                                Some(_) => format!("{url}&step_up=1"),
+                                None => url,
+                            },
+                        }
                     })
                     .collect(),
             };
