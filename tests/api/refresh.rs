@@ -176,7 +176,7 @@ async fn three_instances_refresh_a_thousand_tokens_exactly_once(
     seed_logins(&first, 1000).await;
     let runners: Vec<_> = apps.iter().map(start_refresher).collect();
 
-    eventually(Duration::from_secs(60), "all 1000 refreshed", || async {
+    eventually(Duration::from_secs(120), "all 1000 refreshed", || async {
         let left: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM oauth_tokens WHERE access_expires_at < now() + interval '10 minutes'",
         )
