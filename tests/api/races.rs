@@ -399,14 +399,20 @@ async fn a_logout_during_a_refresh_in_flight_revokes_what_the_refresh_returns(
         .execute(&app.pool)
         .await
         .unwrap();
+    // The answer is held long enough for the logout below, well within the call's deadline.
     app.idp
-        .set_token_endpoint(TokenEndpoint::Delay(Duration::from_millis(1200)));
+        .set_token_endpoint(TokenEndpoint::Delay(Duration::from_millis(2000)));
+    let calls = app.idp.token_calls.load(Ordering::SeqCst);
     let refresher = app.state.refresher.clone();
     let refreshing = tokio::spawn(async move {
         let stop = CancellationToken::new();
         refresher.refresh_due(&stop).await.unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The refresh has claimed the login and its call has reached the provider.
+    crate::refresh::eventually(Duration::from_secs(10), "the refresh call", || async {
+        app.idp.token_calls.load(Ordering::SeqCst) > calls
+    })
+    .await;
     let csrf = app.csrf_token().await;
     let logout = app.post_form("/logout", &[("csrf_token", &csrf)]).await;
     assert_eq!(logout.status().as_u16(), 303);

@@ -37,6 +37,8 @@ pub async fn spawn_with_real_idp_with(
     let idp = provider_login::start(&base, &secret, access_ttl_secs).await;
     let mut settings = test_settings(&idp.issuer, "storefront", &secret);
     settings.server.public_url = Url::parse(&base).unwrap();
+    // Node answers slowly on a loaded machine; the tests' 2 s is for the fake provider.
+    settings.oidc.http_timeout_secs = 10;
     customize(&mut settings);
     let pool = storefront::db::without_reaper(opts).connect_lazy_with(db);
     let fake = crate::fake_idp::FakeIdp::start().await;

@@ -70,6 +70,8 @@ pub async fn spawn_two(
 
     let mut settings = test_settings(&staff.issuer, "storefront", &secret);
     settings.server.public_url = Url::parse(&base).unwrap();
+    // Node answers slowly on a loaded machine (and the second calls back for the shop's keys).
+    settings.oidc.http_timeout_secs = 10;
     settings.oidc.issuer_url = None;
     settings.oidc.client_id = None;
     settings.oidc.client_secret = None;

@@ -277,7 +277,18 @@ async fn sigterm_mid_refresh_writes_the_answers_releases_the_rest_and_exits_prom
     let (idp, proxy) = FakeIdp::start_behind_proxy().await;
     let secrets = Secrets::new();
     let app = spawn_app_with_idp(opts, db.clone(), idp.clone(), |s| secrets.apply(s)).await;
-    let mut child = spawn_instance(&db, &idp.issuer, &secrets, &[]).await;
+    // A call's deadline well beyond the answers' 2 s, so a slow machine cannot turn an answer
+    // into a timeout.
+    let mut child = spawn_instance(
+        &db,
+        &idp.issuer,
+        &secrets,
+        &[
+            ("STOREFRONT__REFRESH__CALL_TIMEOUT_SECS", "10"),
+            ("STOREFRONT__REFRESH__LEAD_SECS", "15"),
+        ],
+    )
+    .await;
     // The provider acts at once; its answers take 2 s to come back.
     proxy.delay_responses(Duration::from_secs(2));
     crate::refresh::seed_logins(&app, 5).await;
