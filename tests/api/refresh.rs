@@ -405,10 +405,15 @@ async fn invalid_grant_after_another_instance_refreshed_keeps_the_login(
     // The provider is slow; while our call is in flight, another instance (whose lease we
     // pretend lapsed) stores newer tokens, and the provider then refuses our now-stale token.
     app.idp
-        .set_token_endpoint(TokenEndpoint::Delay(Duration::from_millis(500)));
+        .set_token_endpoint(TokenEndpoint::Delay(Duration::from_millis(2000)));
+    let calls = app.idp.token_calls.load(Ordering::SeqCst);
     let refresher = app.state.refresher.clone();
     let scan = tokio::spawn(async move { refresher.refresh_due(&CancellationToken::new()).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Claimed, and the call is at the provider (which looks at the token after its delay).
+    eventually(Duration::from_secs(10), "the refresh call", || async {
+        app.idp.token_calls.load(Ordering::SeqCst) > calls
+    })
+    .await;
     sqlx::query(
         r#"UPDATE oauth_tokens
            SET refresh_token = refresh_token || '\x00'::bytea,
