@@ -7,7 +7,7 @@ pub mod refresh;
 pub mod revocation;
 pub mod tokens;
 
-use crate::configuration::{AdminSettings, Settings};
+use crate::configuration::Settings;
 use identity::AuthState;
 
 /// `/login?return_to=…` for a path already known to be safe.
@@ -67,28 +67,32 @@ fn contains_encoded_separator(path: &str) -> bool {
 /// when the provider vouches for it (`email_verified`); and only through a provider
 /// `admin.providers` names, when there are several.
 pub fn is_admin(settings: &Settings, auth: &AuthState) -> bool {
-    settings.admins_may_sign_in_at(&auth.issuer)
-        && grants_admin(
-            &settings.admin,
-            &auth.subject,
-            auth.email.as_deref(),
-            auth.email_verified,
-            &auth.groups,
-        )
+    grants_admin(
+        settings,
+        &auth.issuer,
+        &auth.subject,
+        auth.email.as_deref(),
+        auth.email_verified,
+        &auth.groups,
+    )
 }
 
-/// The admin rule on a login's parts: a group, the subject, or a verified email.
+/// The admin rule on a login's parts: signed in at a provider admins may use, and a group,
+/// the subject, or a verified email.
 pub fn grants_admin(
-    settings: &AdminSettings,
+    settings: &Settings,
+    issuer: &str,
     subject: &str,
     email: Option<&str>,
     email_verified: bool,
     groups: &[String],
 ) -> bool {
-    groups.iter().any(|g| settings.groups.contains(g))
-        || settings.subjects.iter().any(|s| s == subject)
-        || (email_verified
-            && email.is_some_and(|e| settings.emails.iter().any(|a| a.eq_ignore_ascii_case(e))))
+    let admins = &settings.admin;
+    settings.admins_may_sign_in_at(issuer)
+        && (groups.iter().any(|g| admins.groups.contains(g))
+            || admins.subjects.iter().any(|s| s == subject)
+            || (email_verified
+                && email.is_some_and(|e| admins.emails.iter().any(|a| a.eq_ignore_ascii_case(e)))))
 }
 
 #[cfg(test)]

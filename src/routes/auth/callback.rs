@@ -228,14 +228,14 @@ async fn enforce_session_limit(
     let claims = &login.claims;
     let email = claims.email().map(|e| e.as_str().to_owned());
     let subject = claims.subject().as_str();
-    let admin = s.admins_may_sign_in_at(oidc_issuer)
-        && grants_admin(
-            &s.admin,
-            subject,
-            email.as_deref(),
-            login.email_verified,
-            &login.groups,
-        );
+    let admin = grants_admin(
+        s,
+        oidc_issuer,
+        subject,
+        email.as_deref(),
+        login.email_verified,
+        &login.groups,
+    );
     let limit = if admin {
         s.admin.max_sessions
     } else {
